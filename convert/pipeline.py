@@ -1,0 +1,112 @@
+"""One conversion: checkpoint dir -> text GGUF + mmproj GGUF + manifest.json.
+
+Both files are planned in full (names, shapes, types; every source tensor
+accounted for) before a byte is written, so shape and coverage errors surface
+before any output exists. A failure after the text file is written removes it
+again: a folder holds a complete pair or nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from gguf import GGUFWriter
+
+from minicpmv_edge import __version__, schema
+from minicpmv_edge.errors import CheckpointError, InputError, OutputError
+from minicpmv_edge.manifest import Manifest
+
+from . import families
+from .dtypes import FILE_TYPE, parse_outtype
+from .safetensors_reader import Checkpoint
+from .writer import PlannedTensor, write_gguf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConvertResult:
+    manifest: Manifest
+    text_path: Path
+    mmproj_path: Path
+    seconds: float
+    source_bytes: int
+
+
+def convert(
+    src: str | Path,
+    out_dir: str | Path,
+    outtype: str = "f16",
+    family: str | None = None,
+    progress: Callable[[str, int, int, PlannedTensor], None] | None = None,
+) -> ConvertResult:
+    t0 = time.perf_counter()
+    src, out_dir = Path(src), Path(out_dir)
+    if not src.is_dir():
+        raise InputError("checkpoint directory does not exist", src)
+    qtype = parse_outtype(outtype)
+    config = families.read_config(src)
+    fam = families.by_name(family) if family else families.detect(config, src)
+    ckpt = Checkpoint(src)
+    try:
+        plan = fam().plan(src, ckpt, config, qtype)
+        unmapped = sorted(set(ckpt.names()) - plan.consumed)
+        if unmapped:
+            raise CheckpointError(f"{len(unmapped)} tensors not mapped by {fam.name}, e.g. {unmapped[:3]}", src)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output directory ({exc.strerror})", out_dir) from None
+        slug = fam.name
+        text_path = out_dir / f"{slug}-text-{outtype.lower()}.gguf"
+        mm_type = "f32" if outtype.lower() == "f32" else "f16"
+        mm_path = out_dir / f"{slug}-mmproj-{mm_type}.gguf"
+
+        def text_meta(w: GGUFWriter) -> None:
+            w.add_name(f"MiniCPM-V {fam.model_version}")
+            w.add_file_type(FILE_TYPE[qtype])
+            plan.add_text_metadata(w)
+            _add_edge_keys(w, fam, src)
+            w.add_string(schema.EDGE_PROJECTOR_TYPE, plan.projector_type)
+            w.add_int32(schema.EDGE_PROJECTOR_VERSION, plan.projector_version)
+            plan.facts.write(w)
+
+        def mm_meta(w: GGUFWriter) -> None:
+            w.add_name(f"MiniCPM-V {fam.model_version} vision projector")
+            w.add_file_type(1 if mm_type == "f16" else 0)
+            plan.add_mmproj_metadata(w)
+            _add_edge_keys(w, fam, src)
+
+        def cb(kind):
+            return (lambda i, n, t: progress(kind, i, n, t)) if progress else None
+
+        write_gguf(text_path, plan.text_arch, text_meta, plan.text_tensors, cb("text"))
+        try:
+            write_gguf(mm_path, "clip", mm_meta, plan.mmproj_tensors, cb("mmproj"))
+        except BaseException:
+            text_path.unlink(missing_ok=True)
+            raise
+    finally:
+        ckpt.close()
+    manifest = Manifest(
+        family=fam.name, text=text_path.name, mmproj=mm_path.name, source=str(src.resolve()),
+        tool_version=__version__, outtype=outtype.lower(),
+        files={
+            text_path.name: {"kind": "text", "type": outtype.lower(), "bytes": text_path.stat().st_size},
+            mm_path.name: {"kind": "mmproj", "type": mm_type, "bytes": mm_path.stat().st_size},
+        },
+    )
+    manifest.save(out_dir)
+    return ConvertResult(manifest, text_path, mm_path, time.perf_counter() - t0, ckpt.total_bytes())
+
+
+def _add_edge_keys(w: GGUFWriter, fam, src: Path) -> None:
+    w.add_uint32(schema.EDGE_SCHEMA_VERSION, schema.SCHEMA_VERSION)
+    w.add_string(schema.EDGE_TOOL_VERSION, __version__)
+    w.add_string(schema.EDGE_FAMILY, fam.name)
+    w.add_string(schema.EDGE_MODEL_VERSION, fam.model_version)
+    w.add_string(schema.EDGE_SOURCE, src.resolve().name)

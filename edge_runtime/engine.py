@@ -1,0 +1,364 @@
+"""The only module that touches llama.cpp (libllama + libmtmd) through ctypes.
+
+Small classes own one C handle each and free it exactly once (close() or GC).
+Everything above this module deals in Python types: token lists, numpy arrays,
+RGB bitmaps. Errors reported by llama.cpp become RuntimeFailure; anything we
+can check before calling llama.cpp is checked by the callers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from minicpmv_edge.errors import ContextOverflowError, GGUFError, MediaError, RuntimeFailure
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_backend_ready = False
+_LOG_CB = None  # keep the ctypes callback alive
+
+
+def _llama():
+    import llama_cpp
+
+    return llama_cpp
+
+
+def _mtmd():
+    import llama_cpp.mtmd_cpp as mtmd
+
+    return mtmd
+
+
+def init_backend() -> None:
+    """Initialise ggml once per process and route llama.cpp's logs into `logging`."""
+    global _backend_ready, _LOG_CB
+    with _lock:
+        if _backend_ready:
+            return
+        L = _llama()
+        L.llama_backend_init()
+        # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line
+        level_map = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+        last = [logging.DEBUG]
+
+        @L.llama_log_callback
+        def _cb(level, text, _user):
+            lvl = last[0] if int(level) == 5 else level_map.get(int(level), logging.DEBUG)
+            last[0] = lvl
+            if log.isEnabledFor(lvl):
+                msg = text.decode("utf-8", "replace").rstrip()
+                if msg:
+                    log.log(lvl, "%s", msg)
+
+        _LOG_CB = _cb
+        L.llama_log_set(_cb, ctypes.c_void_p(0))
+        try:
+            _mtmd().mtmd_log_set(_cb, ctypes.c_void_p(0))
+        except AttributeError:
+            pass
+        _backend_ready = True
+
+
+def physical_cores() -> int:
+    """Default thread count: physical cores (hyper-threads slow llama.cpp's decode)."""
+    try:
+        cores = set()
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    cores.add((phys, core))
+        if cores:
+            return max(1, min(len(cores), os.cpu_count() or 1))
+    except OSError:
+        pass
+    return max(1, (os.cpu_count() or 2) // (2 if (os.cpu_count() or 1) > 4 else 1))
+
+
+class Model:
+    """A loaded text GGUF (llama_model*)."""
+
+    def __init__(self, path: str, n_gpu_layers: int = 0, use_mmap: bool = True):
+        init_backend()
+        L = _llama()
+        params = L.llama_model_default_params()
+        params.n_gpu_layers = int(n_gpu_layers)
+        params.use_mmap = bool(use_mmap)
+        self._L = L
+        self.path = str(path)
+        self.ptr = L.llama_model_load_from_file(self.path.encode(), params)
+        if not self.ptr:
+            raise GGUFError("llama.cpp could not load this model (see log with -v)", path)
+        self.vocab = L.llama_model_get_vocab(self.ptr)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = L.llama_model_n_embd(self.ptr)
+        self.n_ctx_train = L.llama_model_n_ctx_train(self.ptr)
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        L = _llama()
+        data = text.encode("utf-8")
+        n_max = len(data) + 16
+        buf = (L.llama_token * n_max)()
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:
+            buf = (L.llama_token * -n)()
+            n = L.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = True) -> bytes:
+        L = _llama()
+        buf = ctypes.create_string_buffer(256)
+        n = L.llama_token_to_piece(self.vocab, token, buf, 256, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(_llama().llama_vocab_is_eog(self.vocab, token))
+
+    def meta(self, key: str) -> str | None:
+        L = _llama()
+        buf = ctypes.create_string_buffer(4096)
+        n = L.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            self._L.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()
+
+
+class Context:
+    """A llama_context with one sequence; tracks how many positions are filled."""
+
+    def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 512, n_threads: int | None = None):
+        L = _llama()
+        self._L = L
+        self.model = model
+        params = L.llama_context_default_params()
+        params.n_ctx = int(n_ctx)
+        params.n_batch = int(n_batch)
+        params.n_ubatch = int(n_batch)
+        threads = n_threads or physical_cores()
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.no_perf = False
+        self.ptr = L.llama_init_from_model(model.ptr, params)
+        if not self.ptr:
+            raise RuntimeFailure("llama.cpp could not create a context (out of memory?)", model.path)
+        self.n_ctx = L.llama_n_ctx(self.ptr)
+        self.n_batch = int(n_batch)
+        self.n_threads = threads
+        self.n_past = 0
+        self._abort = threading.Event()
+        self._abort_cb = L.ggml_abort_callback(lambda _u: bool(self._abort.is_set()))
+        L.llama_set_abort_callback(self.ptr, self._abort_cb, ctypes.c_void_p(0))
+
+    def clear(self) -> None:
+        L = _llama()
+        L.llama_memory_clear(L.llama_get_memory(self.ptr), True)
+        self.n_past = 0
+
+    def truncate(self, n_keep: int) -> None:
+        """Drop positions >= n_keep (keeps the shared prefix for multi-turn reuse)."""
+        L = _llama()
+        if n_keep < self.n_past:
+            ok = L.llama_memory_seq_rm(L.llama_get_memory(self.ptr), 0, n_keep, -1)
+            if not ok:  # recurrent memory (qwen35) cannot cut in the middle
+                self.clear()
+                return
+            self.n_past = n_keep
+
+    def decode(self, tokens: list[int], logits_last: bool = True) -> None:
+        """Evaluate `tokens` after the current position, in n_batch pieces."""
+        L = _llama()
+        if self.n_past + len(tokens) > self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt needs {self.n_past + len(tokens)} tokens but the context holds {self.n_ctx}")
+        for i in range(0, len(tokens), self.n_batch):
+            part = tokens[i:i + self.n_batch]
+            batch = L.llama_batch_init(len(part), 0, 1)
+            try:
+                batch.n_tokens = len(part)
+                for j, t in enumerate(part):
+                    batch.token[j] = t
+                    batch.pos[j] = self.n_past + j
+                    batch.n_seq_id[j] = 1
+                    batch.seq_id[j][0] = 0
+                    batch.logits[j] = 1 if (logits_last and i + j == len(tokens) - 1) else 0
+                rc = L.llama_decode(self.ptr, batch)
+            finally:
+                L.llama_batch_free(batch)
+            if rc != 0:
+                raise RuntimeFailure(f"llama_decode failed with code {rc}")
+            self.n_past += len(part)
+
+    def logits(self) -> np.ndarray:
+        L = _llama()
+        ptr = L.llama_get_logits_ith(self.ptr, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+    def request_abort(self) -> None:
+        self._abort.set()
+
+    def clear_abort(self) -> None:
+        self._abort.clear()
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            self._L.llama_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()
+
+
+@dataclass
+class Bitmap:
+    """An RGB image as mtmd wants it (HxWx3 uint8)."""
+
+    rgb: np.ndarray
+    id: str | None = None  # content hash, lets mtmd/our cache recognise repeats
+
+
+class Vision:
+    """An mtmd context: the vision projector bound to a text model."""
+
+    def __init__(self, mmproj_path: str, model: Model, n_threads: int | None = None, use_gpu: bool = False,
+                 image_max_tokens: int = -1, warmup: bool = False):
+        init_backend()
+        M = _mtmd()
+        self._M = M
+        params = M.mtmd_context_params_default()
+        params.use_gpu = bool(use_gpu)
+        params.n_threads = int(n_threads or physical_cores())
+        params.print_timings = False
+        params.warmup = bool(warmup)
+        if image_max_tokens > 0:
+            params.image_max_tokens = int(image_max_tokens)
+        self.marker = M.mtmd_default_marker().decode()
+        self.model = model
+        self.ptr = M.mtmd_init_from_file(str(mmproj_path).encode(), model.ptr, params)
+        if not self.ptr:
+            raise GGUFError("mtmd could not load this projector (see log with -v)", mmproj_path)
+        self.use_mrope = bool(M.mtmd_decode_use_mrope(self.ptr))
+
+    def tokenize(self, text: str, bitmaps: list[Bitmap], add_special: bool = False):
+        """Split prompt text + images into chunks; returns an owning Chunks object."""
+        M = _mtmd()
+        handles = []
+        keep = []
+        try:
+            for bm in bitmaps:
+                rgb = np.ascontiguousarray(bm.rgb, dtype=np.uint8)
+                h, w = rgb.shape[:2]
+                buf = (ctypes.c_ubyte * rgb.nbytes).from_buffer_copy(rgb.tobytes())
+                keep.append(buf)
+                handle = M.mtmd_bitmap_init(w, h, buf)
+                if not handle:
+                    raise MediaError(f"mtmd could not take a {w}x{h} bitmap")
+                if bm.id:
+                    M.mtmd_bitmap_set_id(handle, bm.id.encode())
+                handles.append(handle)
+            chunks = Chunks(M.mtmd_input_chunks_init())
+            inp = M.mtmd_input_text(text.encode("utf-8"), len(text.encode("utf-8")), add_special, True)
+            arr = (M.mtmd_bitmap_p_ctypes * max(1, len(handles)))(*handles)
+            rc = M.mtmd_tokenize(self.ptr, chunks.ptr, ctypes.byref(inp), arr, len(handles))
+            if rc != 0:
+                chunks.close()
+                raise MediaError(f"mtmd_tokenize failed (code {rc}): markers and images disagree"
+                                 if rc == 1 else f"mtmd could not preprocess an image (code {rc})")
+            return chunks
+        finally:
+            for h in handles:
+                M.mtmd_bitmap_free(h)
+
+    def encode_chunk(self, chunk) -> np.ndarray:
+        """Run the vision encoder on one image chunk; returns [n_tokens, n_embd] float32."""
+        M = _mtmd()
+        rc = M.mtmd_encode_chunk(self.ptr, chunk)
+        if rc != 0:
+            raise RuntimeFailure(f"mtmd_encode_chunk failed with code {rc}")
+        n_tok = M.mtmd_input_chunk_get_n_tokens(chunk)
+        ptr = M.mtmd_get_output_embd(self.ptr)
+        return np.ctypeslib.as_array(ptr, shape=(n_tok * self.model.n_embd,)).reshape(n_tok, -1).copy()
+
+    def decode_image_chunk(self, ctx: Context, chunk, embd: np.ndarray) -> None:
+        """Feed precomputed embeddings of one image chunk into the context."""
+        M = _mtmd()
+        L = _llama()
+        embd = np.ascontiguousarray(embd, dtype=np.float32)
+        n_pos = M.mtmd_input_chunk_get_n_pos(chunk)
+        if ctx.n_past + n_pos > ctx.n_ctx:
+            raise ContextOverflowError(f"image needs {n_pos} positions; context is full at {ctx.n_past}/{ctx.n_ctx}")
+        new_n_past = L.llama_pos(0)
+        rc = M.mtmd_helper_decode_image_chunk(
+            self.ptr, ctx.ptr, chunk, embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            ctx.n_past, 0, ctx.n_batch, ctypes.byref(new_n_past))
+        if rc != 0:
+            raise RuntimeFailure(f"decoding image embeddings failed with code {rc}")
+        ctx.n_past = int(new_n_past.value)
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            self._M.mtmd_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()
+
+
+CHUNK_TEXT, CHUNK_IMAGE = 0, 1
+
+
+class Chunks:
+    """Owning wrapper over mtmd_input_chunks*."""
+
+    def __init__(self, ptr):
+        self._M = _mtmd()
+        self.ptr = ptr
+
+    def __len__(self) -> int:
+        return _mtmd().mtmd_input_chunks_size(self.ptr)
+
+    def __getitem__(self, i: int):
+        return _mtmd().mtmd_input_chunks_get(self.ptr, i)
+
+    def kind(self, i: int) -> int:
+        return _mtmd().mtmd_input_chunk_get_type(self[i])
+
+    def text_tokens(self, i: int) -> list[int]:
+        M = _mtmd()
+        n = ctypes.c_size_t(0)
+        ptr = M.mtmd_input_chunk_get_tokens_text(self[i], ctypes.byref(n))
+        return [ptr[k] for k in range(n.value)]
+
+    def n_tokens(self, i: int) -> int:
+        return _mtmd().mtmd_input_chunk_get_n_tokens(self[i])
+
+    def image_id(self, i: int) -> str | None:
+        v = _mtmd().mtmd_input_chunk_get_id(self[i])
+        return v.decode() if v else None
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            self._M.mtmd_input_chunks_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        self.close()

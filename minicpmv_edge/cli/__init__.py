@@ -1,0 +1,63 @@
+"""`minicpmv-edge`: a tiny root that wires one module per subcommand.
+
+Each subcommand module exposes `add_parser(subparsers)` and `run(args) -> int`;
+modules are imported only when their subcommand runs, so `convert` never loads
+llama.cpp and `chat` never loads the converter. Every EdgeError becomes one
+line on stderr and its exit code; MINICPMV_EDGE_DEBUG=1 shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from .. import __version__
+from ..errors import EdgeError
+
+# subcommand -> module (each a file of its own)
+SUBCOMMANDS = {
+    "convert": "minicpmv_edge.cli.convert_cmd",
+    "inspect": "minicpmv_edge.cli.inspect_cmd",
+    "demo": "minicpmv_edge.cli.demo_cmd",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="minicpmv-edge",
+        description="Convert, quantize and run MiniCPM-V (2.6, 4.0, 4.5, 4.6) on-device with llama.cpp.",
+        epilog="Run `minicpmv-edge demo` for a self-contained tour on a tiny synthetic model.",
+    )
+    p.add_argument("--version", action="version", version=f"minicpmv-edge {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in SUBCOMMANDS.items():
+        importlib.import_module(module).add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except EdgeError as exc:
+        if os.environ.get("MINICPMV_EDGE_DEBUG"):
+            raise
+        print(f"minicpmv-edge {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"minicpmv-edge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

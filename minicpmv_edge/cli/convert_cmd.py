@@ -1,0 +1,54 @@
+"""`minicpmv-edge convert SRC -o OUT`: Hugging Face checkpoint -> GGUF pair + manifest."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+EXAMPLES = """examples:
+  minicpmv-edge convert ~/models/MiniCPM-V-4_5 -o out/minicpmv45
+  minicpmv-edge convert ~/models/MiniCPM-V-4.6 -o out/v46 --outtype bf16
+  minicpmv-edge convert ./ckpt -o out --family 2.6 --json"""
+
+
+def add_parser(sub) -> None:
+    import argparse
+
+    p = sub.add_parser("convert", help="convert a Hugging Face MiniCPM-V checkpoint to a text GGUF + mmproj GGUF",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", metavar="SRC_DIR", help="checkpoint directory (config.json, *.safetensors, tokenizer files)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="output folder (created if missing)")
+    p.add_argument("--outtype", default="f16", choices=["f16", "bf16", "f32", "q8_0"],
+                   help="text model tensor type (default f16); the projector is always f16 (f32 with --outtype f32)")
+    p.add_argument("--family", help="override family detection (2.6, 4.0, 4.5, 4.6 or minicpmv-X)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from convert import convert
+
+    def progress(kind, i, n, t):
+        if not args.json and sys.stderr.isatty():
+            print(f"\r  {kind}: {i + 1}/{n} {t.name[:50]:<50}", end="", file=sys.stderr, flush=True)
+
+    res = convert(args.src, args.out, outtype=args.outtype, family=args.family, progress=progress)
+    if sys.stderr.isatty() and not args.json:
+        print(file=sys.stderr)
+    summary = {
+        "family": res.manifest.family,
+        "text": str(res.text_path),
+        "mmproj": str(res.mmproj_path),
+        "manifest": str(res.text_path.parent / "manifest.json"),
+        "seconds": round(res.seconds, 3),
+        "source_mb": round(res.source_bytes / 1e6, 1),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"family   {summary['family']}")
+        print(f"text     {summary['text']}")
+        print(f"mmproj   {summary['mmproj']}")
+        print(f"manifest {summary['manifest']}")
+        print(f"took     {summary['seconds']} s for {summary['source_mb']} MB")
+    return 0

@@ -1,0 +1,74 @@
+"""Every GGUF metadata key minicpmv-edge writes or reads, in one place.
+
+Two groups:
+
+* `LLAMA_*` / `CLIP_*`: llama.cpp's own keys that the PyPI `gguf` package lacks or
+  that must be written with an exact type, because llama.cpp asserts the type on
+  read and aborts on a mismatch (ggml/src/gguf.cpp:195-196). The type is part of
+  the name below (`_I32`, `_U32`).
+* `EDGE_*`: our namespace, `minicpmv_edge.*`, in the text GGUF (and the family in
+  the mmproj). These carry per-version runtime facts (prompt format, thinking
+  rule, slice defaults, token counts) so that the Python runtime and the C bridge
+  read one truth instead of re-typing it. Documented in docs/gguf-metadata.md.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+# --- llama.cpp literals (tools/mtmd/clip-impl.h, clip.cpp) -------------------
+CLIP_PROJECTOR_TYPE = "clip.projector_type"  # string
+CLIP_MINICPMV_VERSION_I32 = "clip.minicpmv_version"  # INT32: read with get_i32 (clip.cpp:1321)
+CLIP_MINICPMV_QUERY_NUM_U32 = "clip.minicpmv_query_num"  # UINT32
+CLIP_HAS_VISION = "clip.has_vision_encoder"
+CLIP_IMAGE_SIZE = "clip.vision.image_size"
+CLIP_PROJECTION_DIM = "clip.vision.projection_dim"
+CLIP_SCALE_FACTOR_U32 = "clip.vision.projector.scale_factor"
+PROJECTOR_RESAMPLER = "resampler"  # clip-impl.h PROJECTOR_TYPE_MINICPMV
+PROJECTOR_MINICPMV4_6 = "minicpmv4_6"  # missing from PyPI gguf's VisionProjectorType
+
+# mmproj tensor names that PyPI gguf maps wrongly or not at all (clip-impl.h:167-172)
+TN_RESAMPLER_POS_EMBED_K = "resampler.pos_embed_k"  # gguf maps it to "pos_embd_k": wrong
+TN_RESAMPLER_PROJ = "resampler.proj.weight"
+TN_VISION_POST_LN = "v.post_ln"
+
+# --- minicpmv_edge.* ----------------------------------------------------------
+_NS = "minicpmv_edge."
+EDGE_SCHEMA_VERSION = _NS + "schema_version"  # u32
+EDGE_TOOL_VERSION = _NS + "tool_version"  # str
+EDGE_FAMILY = _NS + "family"  # str, e.g. "minicpmv-4.5"; also in the mmproj
+EDGE_MODEL_VERSION = _NS + "model_version"  # str, e.g. "4.5"
+EDGE_PROJECTOR_TYPE = _NS + "projector_type"  # str, what the matching mmproj must declare
+EDGE_PROJECTOR_VERSION = _NS + "projector_version"  # i32, clip.minicpmv_version it must carry (0: none)
+EDGE_SOURCE = _NS + "source"  # str, checkpoint directory name
+
+# prompt format: chatml-style turns, assembled by the runtimes
+EDGE_PROMPT_FORMAT = _NS + "prompt.format"  # str: "chatml"
+EDGE_PROMPT_TURN_PREFIX = _NS + "prompt.turn_prefix"  # str with {role}: "<|im_start|>{role}\n"
+EDGE_PROMPT_TURN_SUFFIX = _NS + "prompt.turn_suffix"  # str: "<|im_end|>\n"
+EDGE_PROMPT_DEFAULT_SYSTEM = _NS + "prompt.default_system"  # str ("" = no system turn)
+EDGE_PROMPT_CONTENT_SEPARATOR = _NS + "prompt.content_separator"  # str joining content items: "\n"
+EDGE_PROMPT_STOP = _NS + "prompt.stop"  # [str]: strings that end a turn
+EDGE_PROMPT_IMAGE_ID_TEMPLATE = _NS + "prompt.image_id_template"  # str with {id}
+EDGE_PROMPT_USE_IMAGE_ID = _NS + "prompt.use_image_id"  # bool (images); video frames never use ids
+
+# thinking: text appended after the assistant turn prefix
+EDGE_THINK_SUPPORTED = _NS + "thinking.supported"  # bool
+EDGE_THINK_DEFAULT = _NS + "thinking.default"  # bool
+EDGE_THINK_PREFIX_ON = _NS + "thinking.prefix_on"  # str
+EDGE_THINK_PREFIX_OFF = _NS + "thinking.prefix_off"  # str
+EDGE_THINK_OPEN = _NS + "thinking.open_tag"  # str "<think>"
+EDGE_THINK_CLOSE = _NS + "thinking.close_tag"  # str "</think>"
+EDGE_THINK_STRIP_HISTORY = _NS + "thinking.strip_history"  # bool: drop past thinking from history
+
+# images
+EDGE_SLICE_MODE = _NS + "image.slice_mode"  # bool
+EDGE_SLICE_MAX = _NS + "image.max_slice_nums"  # u32 (images)
+EDGE_SLICE_SIZE = _NS + "image.scale_resolution"  # u32, 448
+EDGE_PATCH_SIZE = _NS + "image.patch_size"  # u32, 14
+EDGE_TOKENS_PER_SLICE = _NS + "image.tokens_per_slice"  # u32 for a full 448x448 slice
+EDGE_VIDEO_MAX_SLICE = _NS + "video.max_slice_nums"  # u32 (1)
+EDGE_VIDEO_USE_IMAGE_ID = _NS + "video.use_image_id"  # bool (false)
+EDGE_DOWNSAMPLE_MODE = _NS + "image.downsample_mode"  # str "16x"/"4x" (4.6 only; mmproj)
+
+EDGE_KEYS = [v for k, v in dict(globals()).items() if k.startswith("EDGE_") and isinstance(v, str)]
