@@ -33,6 +33,7 @@ def _always_f32(name: str, ndim: int) -> bool:
         or "norm" in name
         or ".ln" in name
         or "position_embd" in name
+        or "ssm_conv1d" in name  # ggml's ssm_conv kernel reads F32 (llama.cpp's converter keeps it so)
     )
 
 

@@ -190,10 +190,10 @@ def add_text_hparams(w: GGUFWriter, spec: TextSpec) -> None:
     if spec.arch == MODEL_ARCH.LLAMA:
         w.add_rope_dimension_count(hp.head_dim)
         w.add_vocab_size(hp.n_vocab)
-    _add_rope_scaling(w, hp)
+    add_rope_scaling(w, hp)
 
 
-def _add_rope_scaling(w: GGUFWriter, hp: TextHParams) -> None:
+def add_rope_scaling(w: GGUFWriter, hp: TextHParams) -> None:
     rs = hp.rope_scaling
     if not rs:
         return

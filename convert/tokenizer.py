@@ -40,6 +40,7 @@ class VocabInfo:
     types: list[int]
     scores: list[float] | None
     n_real: int  # tokens before padding
+    add_space_prefix: bool = True  # SentencePiece only
 
 
 def _split_regex(pre_tok: dict | None) -> str | None:
@@ -146,7 +147,32 @@ def _read_spm(src: Path) -> VocabInfo:
         scores.setdefault(at["id"], -1000.0)
     info = _dense(by_id, src, model_name="llama", pre=None, scores=None)
     info.scores = [scores.get(i, -1000.0) for i in range(len(info.tokens))]
+    info.add_space_prefix = _spm_space_prefix(_load_json(tj_path) if tj_path.exists() else {})
     return info
+
+
+def _spm_space_prefix(tj: dict) -> bool:
+    """llama.cpp's SPM tokenizer prefixes a space to the text and to every fragment after
+    a special token (add_space_prefix); HF's Metaspace(prepend_scheme="first") prefixes
+    only the start of the input. Chat prompts always start with a special token, so for
+    "first" the faithful choice is no prefix at all; legacy tokenizers (Prepend normaliser
+    or prepend_scheme "always") prefix every fragment, as llama.cpp does."""
+    def walk(node):
+        if isinstance(node, dict):
+            yield node
+            for v in node.values():
+                yield from walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from walk(v)
+
+    for node in walk(tj.get("normalizer")):
+        if node.get("type") == "Prepend":
+            return True
+    for node in walk(tj.get("pre_tokenizer")):
+        if node.get("type") == "Metaspace":
+            return node.get("prepend_scheme", "always") == "always"
+    return True
 
 
 def add_vocab(w: GGUFWriter, src: Path, info: VocabInfo) -> None:
@@ -160,7 +186,7 @@ def add_vocab(w: GGUFWriter, src: Path, info: VocabInfo) -> None:
     special = SpecialVocab(src, load_merges=info.model == "gpt2", n_vocab=len(info.tokens))
     special.add_to_gguf(w, quiet=True)
     if info.model == "llama":
-        w.add_add_space_prefix(True)
+        w.add_add_space_prefix(info.add_space_prefix)
 
 
 def chat_template(src: Path) -> str | None:

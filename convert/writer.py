@@ -96,8 +96,9 @@ def write_gguf(
     except KeyboardInterrupt:
         raise Interrupted("interrupted; no partial output was kept", path) from None
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise OutputError("disk full while writing; no partial output was kept", path) from None
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise OutputError("disk full (or file size limit) while writing; no partial output was kept",
+                              path) from None
         raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None
     finally:
         writer.close()

@@ -86,15 +86,32 @@ def physical_cores() -> int:
     return max(1, (os.cpu_count() or 2) // (2 if (os.cpu_count() or 1) > 4 else 1))
 
 
-class Model:
-    """A loaded text GGUF (llama_model*)."""
+def cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_int8" in f.read()
+    except OSError:
+        return False
 
-    def __init__(self, path: str, n_gpu_layers: int = 0, use_mmap: bool = True):
+
+class Model:
+    """A loaded text GGUF (llama_model*).
+
+    `extra_buffers=None` turns llama.cpp's weight-repacking buffer types off on
+    CPUs with AMX: in llama.cpp 0c1e570 the AMX path segfaults in llama_decode on
+    Q8_0 weights (seen here on a Sapphire Rapids VM, with llama.cpp's own
+    quantizer's output too); elsewhere they stay on.
+    """
+
+    def __init__(self, path: str, n_gpu_layers: int = 0, use_mmap: bool = True, vocab_only: bool = False,
+                 extra_buffers: bool | None = None):
         init_backend()
         L = _llama()
         params = L.llama_model_default_params()
         params.n_gpu_layers = int(n_gpu_layers)
         params.use_mmap = bool(use_mmap)
+        params.vocab_only = bool(vocab_only)
+        params.use_extra_bufts = (not cpu_has_amx()) if extra_buffers is None else bool(extra_buffers)
         self._L = L
         self.path = str(path)
         self.ptr = L.llama_model_load_from_file(self.path.encode(), params)

@@ -39,6 +39,7 @@ class GGUFInfo:
     kv: dict[str, Any] = field(default_factory=dict)
     kv_types: dict[str, int] = field(default_factory=dict)
     array_lengths: dict[str, int] = field(default_factory=dict)
+    array_types: dict[str, int] = field(default_factory=dict)  # element type of each array key
     tensors: list[TensorInfo] = field(default_factory=list)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -96,6 +97,7 @@ def read_info(path: str | os.PathLike[str], tensors: bool = True) -> GGUFInfo:
                 if vtype == _ARRAY:
                     sub, n = _read(f, "<I"), _read(f, "<Q")
                     info.array_lengths[key] = n
+                    info.array_types[key] = sub
                     if sub in _SCALARS and n > _MAX_KEEP_ARRAY:
                         f.seek(n * struct.calcsize(_SCALARS[sub]), os.SEEK_CUR)
                     elif sub == _STRING and n > _MAX_KEEP_ARRAY:
@@ -154,6 +156,11 @@ def pair_problems(text: GGUFInfo, mm: GGUFInfo) -> list[str]:
             problems.append("clip.minicpmv_version is not INT32 (llama.cpp would abort)")
         if version not in (3, 4, 5, 6, 100045):
             problems.append(f"clip.minicpmv_version {version!r} is not supported by llama.cpp's mtmd")
+    if ptype == schema.PROJECTOR_MINICPMV4_6:
+        if mm.kv_types.get(schema.CLIP_SCALE_FACTOR_U32) != 4:  # 4 = UINT32
+            problems.append("clip.vision.projector.scale_factor is missing or not UINT32 (llama.cpp would abort)")
+        if mm.array_types.get("clip.vision.wa_layer_indexes") != 5:  # INT32 array
+            problems.append("clip.vision.wa_layer_indexes is missing or not an INT32 array (llama.cpp would abort)")
     want_type = text.get(schema.EDGE_PROJECTOR_TYPE)
     if want_type is not None and ptype != want_type:
         problems.append(f"text model expects a {want_type!r} projector, got {ptype!r}")

@@ -16,6 +16,7 @@ from .minicpmv_4_0 import MiniCPMV40
 from .minicpmv_4_5 import MiniCPMV45
 
 FAMILIES: tuple[type[Family], ...] = (MiniCPMV26, MiniCPMV40, MiniCPMV45)
+from .minicpmv_4_6 import MiniCPMV46; FAMILIES += (MiniCPMV46,)  # noqa: E402,E702
 
 
 def supported() -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from gguf import GGUFWriter
+from gguf import GGUFValueType, GGUFWriter
 
 from minicpmv_edge import schema
 
@@ -38,21 +38,25 @@ class RuntimeFacts:
     video_max_slice_nums: int = 1
 
     def write(self, w: GGUFWriter) -> None:
-        w.add_string(schema.EDGE_PROMPT_FORMAT, "chatml")
-        w.add_string(schema.EDGE_PROMPT_TURN_PREFIX, "<|im_start|>{role}\n")
-        w.add_string(schema.EDGE_PROMPT_TURN_SUFFIX, "<|im_end|>\n")
-        w.add_string(schema.EDGE_PROMPT_DEFAULT_SYSTEM, self.default_system)
-        w.add_string(schema.EDGE_PROMPT_CONTENT_SEPARATOR, "\n")  # chat() joins content items with "\n"
+        def add_string(key: str, value: str) -> None:
+            # GGUFWriter.add_string silently drops "" values; an empty prefix is a fact too
+            w.add_key_value(key, value, GGUFValueType.STRING)
+
+        add_string(schema.EDGE_PROMPT_FORMAT, "chatml")
+        add_string(schema.EDGE_PROMPT_TURN_PREFIX, "<|im_start|>{role}\n")
+        add_string(schema.EDGE_PROMPT_TURN_SUFFIX, "<|im_end|>\n")
+        add_string(schema.EDGE_PROMPT_DEFAULT_SYSTEM, self.default_system)
+        add_string(schema.EDGE_PROMPT_CONTENT_SEPARATOR, "\n")  # chat() joins content items with "\n"
         w.add_array(schema.EDGE_PROMPT_STOP, list(self.stop))
-        w.add_string(schema.EDGE_PROMPT_IMAGE_ID_TEMPLATE, "<image_id>{id}</image_id>")
+        add_string(schema.EDGE_PROMPT_IMAGE_ID_TEMPLATE, "<image_id>{id}</image_id>")
         w.add_bool(schema.EDGE_PROMPT_USE_IMAGE_ID, self.use_image_id)
         w.add_bool(schema.EDGE_THINK_SUPPORTED, self.thinking_supported)
         w.add_bool(schema.EDGE_THINK_DEFAULT, False)
-        w.add_string(schema.EDGE_THINK_PREFIX_ON, self.thinking_prefix_on)
-        w.add_string(schema.EDGE_THINK_PREFIX_OFF, self.thinking_prefix_off)
-        w.add_string(schema.EDGE_THINK_OPEN, "<think>")
-        w.add_string(schema.EDGE_THINK_CLOSE, "</think>")
-        w.add_bool(schema.EDGE_THINK_STRIP_HISTORY, self.thinking_supported)
+        add_string(schema.EDGE_THINK_PREFIX_ON, self.thinking_prefix_on)
+        add_string(schema.EDGE_THINK_PREFIX_OFF, self.thinking_prefix_off)
+        add_string(schema.EDGE_THINK_OPEN, "<think>")
+        add_string(schema.EDGE_THINK_CLOSE, "</think>")
+        w.add_bool(schema.EDGE_THINK_STRIP_HISTORY, False)  # the templates keep past thinking verbatim
         w.add_bool(schema.EDGE_SLICE_MODE, self.slice_mode)
         w.add_uint32(schema.EDGE_SLICE_MAX, self.max_slice_nums)
         w.add_uint32(schema.EDGE_SLICE_SIZE, self.scale_resolution)

@@ -1,0 +1,150 @@
+"""Images and video frames in, RGB bitmaps out, with the checks llama.cpp does not do.
+
+Pillow decodes (with its decompression-bomb guard set to our pixel limit), EXIF
+orientation is applied, every mode (CMYK, 16-bit, palette, alpha) becomes RGB;
+extreme aspect ratios are refused before mtmd's slicer sees them. Video frames
+come from PyAV, decoded in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minicpmv_edge.errors import MediaError
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MAX_ASPECT = 50.0  # llama.cpp's slicer needs both sides >= one patch after scaling
+MIN_SIDE = 2
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect: float = MAX_ASPECT
+
+
+@dataclass
+class Image:
+    rgb: np.ndarray  # HxWx3 uint8
+    digest: str  # content hash of the pixels: the embedding-cache key
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def _to_rgb(im, source: str):
+    from PIL import Image as PILImage, ImageOps
+
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block must not lose the picture
+        pass
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        im = PILImage.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = PILImage.new("RGBA", im.size, (255, 255, 255, 255))
+        im = PILImage.alpha_composite(bg, im)
+    return im.convert("RGB")
+
+
+def load_image(src, limits: MediaLimits = MediaLimits(), name: str | None = None) -> Image:
+    """src: path, bytes, PIL image or HxWx3 uint8 array."""
+    from PIL import Image as PILImage, UnidentifiedImageError
+
+    label = name or (str(src) if isinstance(src, (str, os.PathLike)) else type(src).__name__)
+    if isinstance(src, np.ndarray):
+        if src.ndim != 3 or src.shape[2] != 3 or src.dtype != np.uint8:
+            raise MediaError("raw image arrays must be HxWx3 uint8 RGB", label)
+        return _checked(np.ascontiguousarray(src), limits, label)
+    if isinstance(src, PILImage.Image):
+        return _checked(np.asarray(_to_rgb(src, label)), limits, label)
+    old = PILImage.MAX_IMAGE_PIXELS
+    PILImage.MAX_IMAGE_PIXELS = limits.max_pixels
+    try:
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            fh = io.BytesIO(bytes(src))
+        else:
+            path = Path(src)
+            if not path.is_file():
+                raise MediaError("image file does not exist", path)
+            fh = open(path, "rb")
+        with fh:
+            with PILImage.open(fh) as im:
+                w, h = im.size
+                if w * h > limits.max_pixels:
+                    raise MediaError(f"image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_pixels}",
+                                     label)
+                im.load()
+                rgb = np.asarray(_to_rgb(im, label))
+    except MediaError:
+        raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        raise MediaError(f"image is over the pixel limit of {limits.max_pixels} (decompression bomb?)", label) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise MediaError(f"not a readable image ({type(exc).__name__}: {str(exc)[:80]})", label) from None
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = old
+    return _checked(rgb, limits, label)
+
+
+def _checked(rgb: np.ndarray, limits: MediaLimits, label: str) -> Image:
+    h, w = rgb.shape[:2]
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise MediaError(f"image is {w}x{h}; both sides must be at least {MIN_SIDE} pixels", label)
+    if w * h > limits.max_pixels:
+        raise MediaError(f"image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_pixels}", label)
+    if max(w / h, h / w) > limits.max_aspect:
+        raise MediaError(f"image is {w}x{h}: aspect ratio over {limits.max_aspect:g}:1 is not supported", label)
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    digest = hashlib.blake2b(rgb.tobytes(), digest_size=16, person=str(rgb.shape).encode()[:16]).hexdigest()
+    return Image(rgb, digest)
+
+
+def video_frames(path, fps: float = 1.0, max_frames: int = 16, limits: MediaLimits = MediaLimits()) -> list[Image]:
+    """Decode `path` with PyAV and keep frames at `fps` (at most `max_frames`, evenly spread)."""
+    try:
+        import av
+    except ImportError:
+        raise MediaError("video needs PyAV: pip install av", path) from None
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError("video file does not exist", path)
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"not a readable video ({exc})", path) from None
+    with container:
+        streams = container.streams.video
+        if not streams:
+            raise MediaError("file has no video stream", path)
+        stream = streams[0]
+        try:
+            stream.codec_context  # noqa: B018 - raises when the codec is missing
+        except Exception as exc:
+            raise MediaError(f"no decoder for this video's codec ({exc})", path) from None
+        stamps: list[tuple[float, object]] = []
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.pts * stream.time_base) if frame.pts is not None else len(stamps) / 25.0
+                stamps.append((t, frame))
+        except av.error.FFmpegError as exc:
+            if not stamps:
+                raise MediaError(f"cannot decode video ({exc})", path) from None
+    if not stamps:
+        raise MediaError("video has no frames", path)
+    duration = stamps[-1][0] + 1e-6
+    wanted = max(1, min(max_frames, int(duration * fps) + 1))
+    targets = np.linspace(0.0, stamps[-1][0], wanted) if wanted > 1 else np.array([0.0])
+    times = np.array([t for t, _ in stamps])
+    picked = sorted({int(np.abs(times - t).argmin()) for t in targets})
+    return [_checked(stamps[i][1].to_ndarray(format="rgb24"), limits, f"{path.name}#frame{i}") for i in picked]
