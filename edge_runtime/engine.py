@@ -60,10 +60,10 @@ def init_backend() -> None:
 
         _LOG_CB = _cb
         L.llama_log_set(_cb, ctypes.c_void_p(0))
-        try:
-            _mtmd().mtmd_log_set(_cb, ctypes.c_void_p(0))
-        except AttributeError:
-            pass
+        M = _mtmd()
+        for setter in ("mtmd_log_set", "mtmd_helper_log_set"):
+            if hasattr(M, setter):
+                getattr(M, setter)(_cb, ctypes.c_void_p(0))
         _backend_ready = True
 
 
@@ -315,6 +315,9 @@ class Vision:
         ptr = M.mtmd_get_output_embd(self.ptr)
         return np.ctypeslib.as_array(ptr, shape=(n_tok * self.model.n_embd,)).reshape(n_tok, -1).copy()
 
+    def n_pos(self, chunk) -> int:
+        return int(_mtmd().mtmd_input_chunk_get_n_pos(chunk))
+
     def decode_image_chunk(self, ctx: Context, chunk, embd: np.ndarray) -> None:
         """Feed precomputed embeddings of one image chunk into the context."""
         M = _mtmd()
@@ -326,7 +329,8 @@ class Vision:
         new_n_past = L.llama_pos(0)
         rc = M.mtmd_helper_decode_image_chunk(
             self.ptr, ctx.ptr, chunk, embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-            ctx.n_past, 0, ctx.n_batch, ctypes.byref(new_n_past))
+            ctx.n_past, 0, ctx.n_batch, ctypes.byref(new_n_past),
+            ctypes.cast(None, M.mtmd_helper_post_decode_callback), ctypes.c_void_p(0))
         if rc != 0:
             raise RuntimeFailure(f"decoding image embeddings failed with code {rc}")
         ctx.n_past = int(new_n_past.value)

@@ -1,0 +1,170 @@
+"""One conversation's llama.cpp state: KV prefix reuse, image-embedding cache, counters.
+
+The KV cache holds a sequence of units (a text token, or an image chunk of
+n_pos positions). For each request the whole prompt is tokenised (mtmd splits
+text and images), compared unit by unit with what the cache already holds, the
+cache is cut back to the common prefix and only the rest is evaluated. So a
+follow-up question about the same image evaluates only the new tokens, and an
+image seen earlier in the process is decoded from cached embeddings instead of
+being encoded again (keyed by a hash of its pixels and slice settings).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .engine import CHUNK_IMAGE, CHUNK_TEXT, Bitmap, Context, Vision
+
+
+@dataclass
+class Counters:
+    """What the session actually did; tests use these to prove reuse."""
+
+    tokens_evaluated: int = 0  # text tokens sent through llama_decode (prompt + generated)
+    prompt_tokens_reused: int = 0  # prompt positions kept from the KV cache
+    images_encoded: int = 0  # image chunks run through the vision encoder
+    image_cache_hits: int = 0  # image chunks decoded from cached embeddings
+    image_encode_ms: list[float] = field(default_factory=list)
+
+    def snapshot(self) -> "Counters":
+        return Counters(self.tokens_evaluated, self.prompt_tokens_reused, self.images_encoded,
+                        self.image_cache_hits, list(self.image_encode_ms))
+
+
+class EmbeddingCache:
+    """LRU of image-chunk embeddings, shared by all sessions of one loaded model."""
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        self.max_bytes = max_bytes
+        self._d: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        v = self._d.get(key)
+        if v is not None:
+            self._d.move_to_end(key)
+        return v
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        if key in self._d or value.nbytes > self.max_bytes:
+            return
+        self._d[key] = value
+        self._bytes += value.nbytes
+        while self._bytes > self.max_bytes:
+            _, old = self._d.popitem(last=False)
+            self._bytes -= old.nbytes
+
+
+@dataclass
+class PrefillStats:
+    n_prompt: int
+    n_evaluated: int
+    ms: float
+    image_encode_ms: list[float]
+
+
+class Session:
+    def __init__(self, ctx: Context, vision: Vision | None, cache: EmbeddingCache):
+        self.ctx = ctx
+        self.vision = vision
+        self.cache = cache
+        self.units: list[tuple] = []  # what the KV cache holds, in order
+        self.counters = Counters()
+
+    def reset(self) -> None:
+        self.ctx.clear()
+        self.units = []
+
+    def prefill(self, text: str, bitmaps: list[Bitmap]) -> PrefillStats:
+        """Make the KV cache hold exactly `text` (with images at the markers); logits ready."""
+        t0 = time.perf_counter()
+        plan, chunks = self._plan(text, bitmaps)
+        try:
+            keep = 0
+            while keep < len(plan) and keep < len(self.units) and plan[keep][0] == self.units[keep]:
+                keep += 1
+            if keep == len(plan):  # identical prompt: re-evaluate the last unit for fresh logits
+                keep -= 1
+            pos = sum(_n_pos(u) for u, _ in plan[:keep])
+            self.ctx.truncate(pos)
+            if self.ctx.n_past != pos:  # memory could not be cut (recurrent layers): start over
+                keep, pos = 0, 0
+                self.ctx.clear()
+            self.units = [u for u, _ in plan[:keep]]
+            self.counters.prompt_tokens_reused += pos
+            evaluated, encode_ms = self._evaluate(plan[keep:], chunks)
+        finally:
+            if chunks is not None:
+                chunks.close()
+        return PrefillStats(sum(_n_pos(u) for u, _ in plan), evaluated, (time.perf_counter() - t0) * 1e3, encode_ms)
+
+    def _plan(self, text: str, bitmaps: list[Bitmap]):
+        """Prompt -> [(unit, chunk index)]; unit = ("tok", id) or ("img", key, n_pos).
+
+        An image's key is its pixel hash plus which of its chunks (overview, slice k)
+        this is, so the same image matches across turns and across conversations."""
+        if self.vision is None:
+            return [(("tok", t), None) for t in self.ctx.model.tokenize(text)], None
+        chunks = self.vision.tokenize(text, bitmaps)
+        plan: list[tuple] = []
+        ordinal: dict[str, int] = {}
+        for i in range(len(chunks)):
+            kind = chunks.kind(i)
+            if kind == CHUNK_TEXT:
+                plan.extend((("tok", t), None) for t in chunks.text_tokens(i))
+            elif kind == CHUNK_IMAGE:
+                digest = chunks.image_id(i) or f"anon-{id(chunks)}-{i}"
+                k = ordinal.get(digest, 0)
+                ordinal[digest] = k + 1
+                key = f"{digest}/{k}/{chunks.n_tokens(i)}"
+                plan.append((("img", key, self.vision.n_pos(chunks[i])), i))
+        return plan, chunks
+
+    def _evaluate(self, todo: list[tuple], chunks) -> tuple[int, list[float]]:
+        evaluated = 0
+        encode_ms: list[float] = []
+        i = 0
+        while i < len(todo):
+            unit, idx = todo[i]
+            if unit[0] == "tok":
+                j = i
+                while j < len(todo) and todo[j][0][0] == "tok":
+                    j += 1
+                toks = [u[1] for u, _ in todo[i:j]]
+                self.ctx.decode(toks, logits_last=(j == len(todo)))
+                self.units.extend(u for u, _ in todo[i:j])
+                self.counters.tokens_evaluated += len(toks)
+                evaluated += len(toks)
+                i = j
+                continue
+            chunk = chunks[idx]
+            cacheable = not unit[1].startswith("anon-")
+            embd = self.cache.get(unit[1]) if cacheable else None
+            if embd is None:
+                t0 = time.perf_counter()
+                embd = self.vision.encode_chunk(chunk)
+                ms = (time.perf_counter() - t0) * 1e3
+                encode_ms.append(ms)
+                self.counters.images_encoded += 1
+                self.counters.image_encode_ms.append(ms)
+                if cacheable:
+                    self.cache.put(unit[1], embd)
+            else:
+                self.counters.image_cache_hits += 1
+            self.vision.decode_image_chunk(self.ctx, chunk, embd)
+            self.units.append(unit)
+            i += 1
+        return evaluated, encode_ms
+
+    def append_generated(self, token: int) -> None:
+        self.ctx.decode([token])
+        self.units.append(("tok", token))
+        self.counters.tokens_evaluated += 1
+
+
+def _n_pos(unit: tuple) -> int:
+    return unit[2] if unit[0] == "img" else 1
