@@ -96,7 +96,9 @@ def write_gguf(
     except KeyboardInterrupt:
         raise Interrupted("interrupted; no partial output was kept", path) from None
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        # numpy's tofile reports a short write as a bare OSError("N requested and M written")
+        short_write = exc.errno is None and "requested" in str(exc) and "written" in str(exc)
+        if short_write or exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             raise OutputError("disk full (or file size limit) while writing; no partial output was kept",
                               path) from None
         raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None

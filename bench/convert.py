@@ -1,0 +1,446 @@
+"""Benchmark: our converter vs llama.cpp's convert_hf_to_gguf.py at real MiniCPM-V sizes.
+
+    python bench/convert.py [--layers 4] [--fit] [--repeat 1] [--work /tmp/minicpmv-bench] [--out-dir DIR]
+
+What it does (a script, not a test; nothing here is imported by the package):
+
+1. Writes synthetic checkpoints (cached under --work, reused when the spec matches):
+   * `v45-L{N}`: MiniCPM-V 4.5 layout and real shapes (Qwen3-8B text: hidden 4096,
+     ffn 12288, 32/8 heads of 128, vocab 151748; SigLIP-400M: 1152/4304/16 heads/
+     27 layers, 4900 positions; resampler with 64 queries of 4096), but only N text
+     layers (the real model has 36). With --fit also `v45-L{2N}`, for a per-layer fit.
+   * `v46-L{M}`: MiniCPM-V 4.6 layout (`MiniCPMV4_6ForConditionalGeneration`:
+     Qwen3.5 hybrid text, SigLIP + ViT merger + DownsampleMLP) with Qwen3.5 default
+     widths (hidden 4096, ffn 12288, 16/4 heads of 256, linear attention 16 K / 32 V
+     heads of 128), vocab 151748 and M text layers chosen so that its total bytes are
+     within 10% of `v45-L{N}`.
+   Tensor names and shapes come from the real module classes built on torch's meta
+   device (the same classes the tiny fixtures use), so nothing is held in RAM; the
+   bytes are bf16 normal(0, 0.02) values written straight in the safetensors format
+   (8-byte header length, JSON header, data) from a 64 MB pool of random numbers,
+   in shards of at most ~4 GB with a model.safetensors.index.json. Tokenizer and
+   small JSON files come from the tiny fixture of the same family (the vocab is padded
+   to the embedding rows by both converters).
+2. Converts them in child processes, measuring wall time, CPU time, source MB/s and
+   peak RSS (ru_maxrss of each child; plus peak anonymous vs file-backed RSS from
+   polling /proc): ours (`python -m minicpmv_edge convert SRC -o OUT --outtype f16`)
+   on every checkpoint; llama.cpp's convert_hf_to_gguf.py (`--outtype f16 --no-mtp`,
+   then `--mmproj`; the two runs are summed) on the 4.6 one, which is the only
+   MiniCPM-V layout it converts without trust_remote_code. llama.cpp runs from the
+   llama-cpp-python sdist of the installed version, with its own gguf-py on
+   PYTHONPATH, through a 5-line wrapper that only makes its tokenizer check answer
+   "qwen35" (its BPE pre-tokenizer is identified by hashing a probe string's tokens,
+   and the tiny fixture tokenizer is not the real one; this changes no tensor work).
+3. Page cache: nothing is dropped. Each input is read once before its first run and
+   the converters then run back to back on a warm cache; dirty pages are flushed
+   (`sync`, untimed) before every run and outputs are deleted after it.
+
+Prints a table and the ratio lines; --json writes all numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import MB, RunResult, fmt_bytes, machine_description, python_exe, read_files, run_measured, table  # noqa: E402
+
+REAL_45_LAYERS = 36
+VOCAB = 151748
+SHARD_MAX = 4 * 10**9
+POOL_ELEMS = 32 * 2**20  # 64 MB of bf16
+
+LLAMA_WRAPPER = '''\
+# Runs llama.cpp's convert_hf_to_gguf.py unchanged, except that the BPE pre-tokenizer
+# check (a hash of the *real* tokenizer's output) answers "qwen35" for the bench's tiny
+# fixture tokenizer. Written by bench/convert.py.
+import runpy, sys
+root = sys.argv[1]
+sys.path.insert(0, root)
+from conversion import base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen35"
+sys.argv = [root + "/convert_hf_to_gguf.py"] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+# ----------------------------------------------------------------------------- specs
+
+def _fixture(work: Path, family: str) -> Path:
+    d = work / f"fixture-{family}"
+    if not (d / "config.json").exists():
+        from minicpmv_edge.fixtures import make_checkpoint
+
+        make_checkpoint(family, d)
+    return d
+
+
+def config_45(fixture: Path, layers: int) -> dict:
+    cfg = json.loads((fixture / "config.json").read_text())
+    cfg.update({
+        "hidden_size": 4096, "intermediate_size": 12288, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 128, "vocab_size": VOCAB, "num_hidden_layers": layers, "max_window_layers": layers,
+        "layer_types": ["full_attention"] * layers, "query_num": 64, "image_size": 448,
+    })
+    cfg["vision_config"].update({"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
+                                 "num_hidden_layers": 27, "image_size": 980, "patch_size": 14})
+    return cfg
+
+
+def config_46(fixture: Path, layers: int) -> dict:
+    cfg = json.loads((fixture / "config.json").read_text())
+    interval = 4
+    cfg["text_config"].update({
+        "hidden_size": 4096, "intermediate_size": 12288, "num_attention_heads": 16, "num_key_value_heads": 4,
+        "head_dim": 256, "linear_num_key_heads": 16, "linear_num_value_heads": 32, "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4, "vocab_size": VOCAB, "num_hidden_layers": layers,
+        "layer_types": ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(layers)],
+    })
+    cfg["text_config"]["rope_parameters"]["mrope_section"] = [11, 11, 10]
+    cfg["vision_config"].update({"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
+                                 "num_hidden_layers": 27, "image_size": 980, "patch_size": 14, "insert_layer_id": 6})
+    cfg["insert_layer_id"] = 6
+    return cfg
+
+
+def tensors_45(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
+    import torch
+
+    from minicpmv_edge.fixtures.build import build_text_model
+    from minicpmv_edge.fixtures.towers import Resampler, prefixed_state_dict, siglip_vision
+
+    with torch.device("meta"):
+        llm = build_text_model("minicpmv-4.5", cfg)
+        vpm = siglip_vision(cfg["vision_config"])
+        res = Resampler(cfg["query_num"], cfg["hidden_size"], cfg["vision_config"]["hidden_size"])
+    # the same selection as minicpmv_edge.fixtures.build._minicpmv_weights
+    sd = prefixed_state_dict(llm, "llm.")
+    sd.update(prefixed_state_dict(vpm, "vpm.", drop=("head.", "embeddings.position_ids")))
+    sd.update(prefixed_state_dict(res, "resampler."))
+    return sorted((k, tuple(v.shape)) for k, v in sd.items())
+
+
+def tensors_46(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
+    import torch
+    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration
+
+    config = MiniCPMV4_6Config.from_dict(cfg)
+    with torch.device("meta"):
+        model = MiniCPMV4_6ForConditionalGeneration(config)
+    return sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def nbytes(tensors) -> int:
+    return sum(2 * math.prod(s) for _, s in tensors)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _pool(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    f = (rng.standard_normal(POOL_ELEMS, dtype=np.float32) * np.float32(0.02))
+    return (f.view(np.uint32) >> 16).astype(np.uint16)  # bf16 bits (truncated)
+
+
+def write_safetensors_shard(path: Path, tensors, pool: np.ndarray, rng: np.random.Generator) -> None:
+    header: dict = {"__metadata__": {"format": "pt"}}
+    off = 0
+    for name, shape in tensors:
+        n = 2 * math.prod(shape)
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    hj = json.dumps(header, separators=(",", ":")).encode()
+    hj += b" " * (-len(hj) % 8)
+    pool_b = memoryview(pool.view(np.uint8))
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "wb") as fh:
+        fh.write(len(hj).to_bytes(8, "little"))
+        fh.write(hj)
+        for _, shape in tensors:
+            left = 2 * math.prod(shape)
+            while left:
+                start = 2 * int(rng.integers(0, POOL_ELEMS // 2))
+                k = min(left, len(pool_b) - start)
+                fh.write(pool_b[start:start + k])
+                left -= k
+    os.replace(tmp, path)
+
+
+def shard_groups(tensors) -> list[list]:
+    total = nbytes(tensors)
+    n = max(1, math.ceil(total / SHARD_MAX))
+    target = total / n
+    groups, acc = [[]], 0
+    for t in tensors:
+        if groups[-1] and acc >= target * len(groups) and len(groups) < n:
+            groups.append([])
+        groups[-1].append(t)
+        acc += 2 * math.prod(t[1])
+    return groups
+
+
+def make_checkpoint(work: Path, family: str, layers: int, log=print) -> tuple[Path, int]:
+    """Write (or reuse) a synthetic checkpoint; returns (dir, source bytes)."""
+    fx = _fixture(work, "minicpmv-4.5" if family == "4.5" else "minicpmv-4.6")
+    cfg = config_45(fx, layers) if family == "4.5" else config_46(fx, layers)
+    tensors = tensors_45(cfg) if family == "4.5" else tensors_46(cfg)
+    spec = hashlib.sha256(json.dumps([cfg, tensors, POOL_ELEMS, SHARD_MAX]).encode()).hexdigest()[:16]
+    d = work / f"v{family.replace('.', '')}-L{layers}"
+    marker = d / ".bench-complete"
+    total = nbytes(tensors)
+    if marker.exists() and marker.read_text().strip() == spec:
+        log(f"  reusing {d} ({fmt_bytes(total)}, {len(tensors)} tensors)")
+        return d, total
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    for f in fx.iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", "model.safetensors.index.json"):
+            shutil.copy(f, d / f.name)
+    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    t0 = time.perf_counter()
+    pool, rng = _pool(), np.random.default_rng(1)
+    groups = shard_groups(tensors)
+    weight_map = {}
+    for i, g in enumerate(groups, 1):
+        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        write_safetensors_shard(d / fname, g, pool, rng)
+        weight_map.update({name: fname for name, _ in g})
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+    os.sync()
+    dt = time.perf_counter() - t0
+    marker.write_text(spec + "\n")
+    log(f"  wrote {d} ({fmt_bytes(total)}, {len(tensors)} tensors, {len(groups)} shards) in {dt:.0f} s")
+    return d, total
+
+
+def layers_46_for(target_bytes: int, fx46: Path) -> tuple[int, int]:
+    """The 4.6 text layer count whose checkpoint size is closest to target_bytes."""
+    best = None
+    for m in range(1, 80):
+        b = nbytes(tensors_46(config_46(fx46, m)))
+        if best is None or abs(b - target_bytes) < abs(best[1] - target_bytes):
+            best = (m, b)
+        if b > target_bytes * 1.1:
+            break
+    return best
+
+
+# ----------------------------------------------------------------------------- llama.cpp
+
+def find_llama_cpp(work: Path, override: str | None) -> Path:
+    from importlib.metadata import version
+
+    if override:
+        return Path(override)
+    ver = version("llama-cpp-python")
+    for base in (Path("/work/sdist"), work / "sdist"):
+        p = base / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp"
+        if (p / "convert_hf_to_gguf.py").exists():
+            return p
+    dest = work / "sdist"
+    dest.mkdir(parents=True, exist_ok=True)
+    print(f"  downloading the llama-cpp-python {ver} sdist into {dest}")
+    subprocess.run([python_exe(), "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                    f"llama-cpp-python=={ver}", "-d", str(dest)], check=True)
+    tgz = next(dest.glob(f"llama_cpp_python-{ver}.tar.gz"))
+    with tarfile.open(tgz) as tf:
+        tf.extractall(dest, filter="data")
+    return dest / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp"
+
+
+# ----------------------------------------------------------------------------- runs
+
+def _out_bytes(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.glob("*.gguf"))
+
+
+def measure(label: str, cmds: list[list[str]], out: Path, env=None, log_dir: Path | None = None) -> dict:
+    """Run cmds one after another into `out` (fresh); returns summed wall/CPU, max RSS."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    runs: list[RunResult] = []
+    for i, cmd in enumerate(cmds):
+        os.sync()
+        log_path = (log_dir / f"{label.replace(' ', '_')}-{i}.log") if log_dir else None
+        r = run_measured(cmd, env=env, cwd=REPO, log_path=log_path)
+        runs.append(r)
+        if not r.ok:
+            raise SystemExit(f"{label}: command failed (rc {r.returncode}): {' '.join(cmd)}\n{r.stdout_tail}")
+    res = {
+        "label": label,
+        "wall_s": sum(r.wall_s for r in runs),
+        "cpu_s": sum(r.cpu_s for r in runs),
+        "maxrss": max(r.maxrss_bytes for r in runs),
+        "peak_anon": max(r.peak_anon_bytes for r in runs),
+        "peak_file": max(r.peak_file_bytes for r in runs),
+        "out_bytes": _out_bytes(out),
+        "parts": [{"cmd": r.cmd, "wall_s": r.wall_s, "cpu_s": r.cpu_s, "maxrss": r.maxrss_bytes,
+                   "peak_anon": r.peak_anon_bytes, "peak_file": r.peak_file_bytes} for r in runs],
+    }
+    shutil.rmtree(out)
+    os.sync()
+    return res
+
+
+def best_of(results: list[dict]) -> dict:
+    """Fastest run's time, worst run's memory."""
+    b = dict(min(results, key=lambda r: r["wall_s"]))
+    for k in ("maxrss", "peak_anon", "peak_file"):
+        b[k] = max(r[k] for r in results)
+    b["walls"] = [r["wall_s"] for r in results]
+    return b
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default="/tmp/minicpmv-bench", help="cache for checkpoints, logs (default %(default)s)")
+    ap.add_argument("--out-dir", help="where converters write (default WORK/out; e.g. /dev/shm to take the disk "
+                                      "out of the measurement)")
+    ap.add_argument("--layers", type=int, default=4, help="4.5 text layers (real model: 36; default %(default)s)")
+    ap.add_argument("--fit", action="store_true", help="also convert a 2N-layer 4.5 checkpoint for a per-layer fit")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per converter and input (best time is reported)")
+    ap.add_argument("--skip-llama", action="store_true", help="only time our converter")
+    ap.add_argument("--llama-cpp", help="llama.cpp source dir (default: the installed llama-cpp-python's sdist)")
+    ap.add_argument("--clean", action="store_true", help="delete the generated checkpoints at the end")
+    ap.add_argument("--json", help="write all numbers to this JSON file")
+    args = ap.parse_args(argv)
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out_root = Path(args.out_dir) if args.out_dir else work / "out"
+    out_root = out_root / f"bench-convert-{os.getpid()}"
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    py = python_exe()
+
+    mach = machine_description(work)
+    print("machine:")
+    for k, v in mach.items():
+        print(f"  {k:9} {v}")
+    print(f"  outputs  {out_root.parent}")
+
+    print("checkpoints:")
+    N = args.layers
+    ck45, b45 = make_checkpoint(work, "4.5", N)
+    ck45b = b45b = None
+    if args.fit:
+        ck45b, b45b = make_checkpoint(work, "4.5", 2 * N)
+    fx46 = _fixture(work, "minicpmv-4.6")
+    M, _ = layers_46_for(b45, fx46)
+    ck46, b46 = make_checkpoint(work, "4.6", M)
+    print(f"  4.6 text layers {M}: {b46 / b45 - 1:+.1%} bytes vs 4.5 with {N} layers")
+    b45_full = nbytes(tensors_45(config_45(_fixture(work, "minicpmv-4.5"), REAL_45_LAYERS)))
+
+    llama = None
+    lenv = None
+    if not args.skip_llama:
+        llama = find_llama_cpp(work, args.llama_cpp)
+        wrapper = work / "llama_convert_wrapper.py"
+        wrapper.write_text(LLAMA_WRAPPER)
+        lenv = dict(os.environ, PYTHONPATH=str(llama / "gguf-py"))
+        print(f"  llama.cpp: {llama}")
+
+    def ours(src: Path, out: Path) -> list[list[str]]:
+        return [[py, "-m", "minicpmv_edge", "convert", str(src), "-o", str(out), "--outtype", "f16", "--json"]]
+
+    def theirs(src: Path, out: Path) -> list[list[str]]:
+        base = [py, str(work / "llama_convert_wrapper.py"), str(llama), str(src), "--outtype", "f16"]
+        return [base + ["--no-mtp", "--outfile", str(out / "text-f16.gguf")],
+                base + ["--mmproj", "--outfile", str(out / "mmproj-f16.gguf")]]
+
+    jobs = [("ours 4.5", f"v45-L{N}", ck45, b45, ours, None)]
+    if ck45b:
+        jobs.append(("ours 4.5", f"v45-L{2 * N}", ck45b, b45b, ours, None))
+    jobs.append(("ours 4.6", f"v46-L{M}", ck46, b46, ours, None))
+    if llama:
+        jobs.append(("llama.cpp 4.6", f"v46-L{M}", ck46, b46, theirs, lenv))
+
+    print("runs (warm page cache; each input read once first; sync before each run):")
+    results: dict[tuple[str, str], list[dict]] = {}
+    warmed: set[Path] = set()
+    for rep in range(args.repeat):
+        for label, inp, src, nb, mk, env in jobs:
+            if src not in warmed:
+                n, dt = read_files(sorted(src.glob("*.safetensors")))
+                print(f"  warm-read {inp}: {fmt_bytes(n)} in {dt:.1f} s ({n / MB / dt:,.0f} MB/s)")
+                warmed.add(src)
+            r = measure(f"{label} {inp}", mk(src, out_root), out_root, env=env, log_dir=logs)
+            r.update(input=inp, src_bytes=nb, repeat=rep)
+            results.setdefault((label, inp), []).append(r)
+            print(f"  [{rep + 1}/{args.repeat}] {label:14} {inp:8} {r['wall_s']:7.1f} s  "
+                  f"{nb / MB / r['wall_s']:6.0f} MB/s  peak RSS {r['maxrss'] / MB:6.0f} MB "
+                  f"(anon {r['peak_anon'] / MB:.0f}, file {r['peak_file'] / MB:.0f})")
+
+    best = {k: best_of(v) for k, v in results.items()}
+    rows = []
+    for (label, inp), r in best.items():
+        rows.append([label, inp, fmt_bytes(r["src_bytes"]), f"{r['wall_s']:.1f}",
+                     f"{r['src_bytes'] / MB / r['wall_s']:.0f}", f"{r['cpu_s']:.1f}",
+                     f"{r['maxrss'] / MB:,.0f}", f"{r['peak_anon'] / MB:,.0f}", f"{r['peak_file'] / MB:,.0f}",
+                     fmt_bytes(r["out_bytes"])])
+    print()
+    print(table(rows, ["converter", "input", "source", "wall s", "MB/s", "CPU s", "peak RSS MB",
+                       "anon MB", "file MB", "output"]))
+    print()
+    if args.repeat > 1:
+        print(f"(best wall time of {args.repeat} runs, largest RSS of any run)")
+
+    summary = {}
+    o46 = best[("ours 4.6", f"v46-L{M}")]
+    if llama:
+        l46 = best[("llama.cpp 4.6", f"v46-L{M}")]
+        speed = l46["wall_s"] / o46["wall_s"]
+        line = (f"ours vs llama.cpp (same 4.6 input, {fmt_bytes(b46)}): speed {speed:.2f}x, "
+                f"RSS ours {o46['maxrss'] / MB:,.0f} MB vs {l46['maxrss'] / MB:,.0f} MB")
+        print(line)
+        summary["ratio_line"] = line
+        summary["speedup"] = speed
+    o45 = best[("ours 4.5", f"v45-L{N}")]
+    per_byte = o45["wall_s"] * b45_full / b45
+    ext = f"per-byte ~{per_byte:.0f} s"
+    if ck45b:
+        o45b = best[("ours 4.5", f"v45-L{2 * N}")]
+        per_layer = (o45b["wall_s"] - o45["wall_s"]) / N
+        fit = o45["wall_s"] + (REAL_45_LAYERS - N) * per_layer
+        ext = f"~{fit:.0f} s ({per_layer:.2f} s/layer from {N}->{2 * N} layers; {ext})"
+        summary["extrapolated_full_s"] = fit
+    else:
+        summary["extrapolated_full_s"] = per_byte
+    line = (f"ours on 4.5 shapes ({N} layers, {fmt_bytes(b45)}): {o45['wall_s']:.1f} s, "
+            f"{b45 / MB / o45['wall_s']:.0f} MB/s, peak RSS {o45['maxrss'] / MB:,.0f} MB; "
+            f"extrapolated full {REAL_45_LAYERS} layers ({fmt_bytes(b45_full)}): {ext}")
+    print(line)
+    summary["ours45_line"] = line
+
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "machine": mach, "args": vars(args), "summary": summary,
+            "results": {f"{k[0]} | {k[1]}": v for k, v in results.items()},
+        }, indent=2, default=str))
+    if args.clean:
+        for d in {ck45, ck46} | ({ck45b} if ck45b else set()):
+            shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(out_root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

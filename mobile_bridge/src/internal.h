@@ -1,0 +1,112 @@
+// Internal types of the bridge. C++17 over llama.h / mtmd.h / mtmd-helper.h / gguf.h only.
+#pragma once
+
+#include "minicpmv_edge.h"
+
+#include "llama.h"
+#include "mtmd.h"
+
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace mcv {
+
+// Per-version prompt facts, read from the text GGUF's minicpmv_edge.* keys.
+// Field for field the same as edge_runtime/prompt.py PromptFormat.
+struct PromptFormat {
+    std::string family;
+    std::string turn_prefix;     // with {role}
+    std::string turn_suffix;
+    std::string default_system;  // "" = no system turn
+    std::string separator;       // joins content parts
+    std::vector<std::string> stop;
+    std::string image_id_template;  // with {id}
+    bool use_image_id = false;
+    bool thinking_supported = false;
+    bool thinking_default = false;
+    std::string thinking_prefix_on;
+    std::string thinking_prefix_off;
+    int max_slice_nums = 9;
+    int scale_resolution = 448;
+    std::string projector_type;  // what the mmproj must declare
+    int projector_version = 0;   // clip.minicpmv_version it must carry (0: none)
+
+    std::string turn_open(const std::string &role) const;
+    std::string generation_prefix(bool thinking) const;
+    std::string image_placeholder(const std::string &marker, int index) const;
+};
+
+// Python str.format for one named field ("{name}"; "{{"/"}}" escape braces).
+std::string format_field(const std::string &tmpl, const char *name, const std::string &value);
+// Parses llama.cpp's rendering of a string array: ["a", "b\"c"] (src/llama-impl.cpp gguf_kv_to_str).
+bool parse_string_array(const std::string &s, std::vector<std::string> &out);
+// Reads the format from the model's metadata; returns MCV_OK or MCV_ERR_FORMAT with a message.
+int read_prompt_format(const llama_model *model, PromptFormat &fmt, std::string &err);
+// Returns the metadata value as a string, or false when absent.
+bool meta_str(const llama_model *model, const char *key, std::string &out);
+
+// Checks that mmproj_path is a projector for `model` (reads it with gguf.h, before mtmd init).
+int check_pair(const llama_model *model, const PromptFormat &fmt, const char *mmproj_path, std::string &err);
+
+// Image input -> RGB bitmap (downscaled to the model's limits); nullptr + message on failure.
+mtmd_bitmap *bitmap_from_bytes(const mtmd_context *ctx, const uint8_t *data, size_t size,
+                               int64_t max_pixels, std::string &err);
+mtmd_bitmap *bitmap_from_rgb(const uint8_t *rgb, int32_t w, int32_t h, int32_t stride, int64_t max_pixels,
+                             std::string &err);
+
+// Error bookkeeping: per handle and per thread (see the header's "Errors").
+int fail(std::string *handle_err, int code, const std::string &msg);
+void clear_thread_error();
+void ensure_backend();
+
+}  // namespace mcv
+
+struct mcv_model {
+    llama_model *lm = nullptr;
+    mtmd_context *mctx = nullptr;
+    const llama_vocab *vocab = nullptr;
+    mcv::PromptFormat fmt;
+    mcv_model_params params{};
+    int n_threads = 1;
+    int64_t max_pixels = 0;  // min(image_max_pixels, max_slices * slice area); 0: no cap
+    std::string marker;
+    std::mutex vision_mu;  // mtmd_encode_chunk and its output buffer are not thread-safe
+    std::atomic<int> n_sessions{0};
+    std::string err;
+};
+
+struct mcv_session {
+    mcv_model *model = nullptr;
+    llama_context *lctx = nullptr;
+    llama_sampler *smpl = nullptr;
+    std::string err;
+    std::atomic<bool> cancel{false};
+    std::atomic<bool> busy{false};
+
+    // conversation text: evaluated (in the KV cache) + pending (not yet evaluated)
+    std::string evaluated, pending;
+    int open_role = -1;      // role of the open turn, -1 none
+    int open_parts = 0;      // parts in the open turn
+    bool reply_open = false; // the open turn is a generated reply (closed by the next add)
+    bool thinking = false;
+    int n_images = 0;
+    int32_t n_past = 0;
+    bool needs_reset = false;
+
+    // generation state
+    bool generating = false;
+    bool finished = false;
+    int finish = MCV_FINISH_NONE;
+    int32_t max_tokens = 0, n_sampled = 0;
+    llama_token to_decode = -1;  // sampled, emitted, not yet in the KV cache
+    std::string to_decode_piece;
+    std::string held;   // generated text not yet released (UTF-8 tail, stop-string prefix)
+    std::string ready;  // a piece ready for the caller
+    bool ready_valid = false;
+
+    // stats
+    double image_encode_ms = 0, prefill_ms = 0, ttft_ms = 0, t_begin = 0, t_first = 0, t_last = 0;
+    int32_t n_prefill = 0;
+};
