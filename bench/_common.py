@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -140,7 +140,8 @@ def machine_description(path: str | os.PathLike = "/tmp") -> dict[str, str]:
         f" ({hyper} VM)" if hyper else "")
     try:
         meminfo = Path("/proc/meminfo").read_text()
-        d["ram"] = f"{int(_first(r'^MemTotal:\s*(\d+)', meminfo, '0')) / (1 << 20):.1f} GiB"
+        kib = int(_first(r"^MemTotal:\s*(\d+)", meminfo, "0"))
+        d["ram"] = f"{kib / (1 << 20):.1f} GiB"
     except OSError:
         d["ram"] = "?"
     d["disk"] = _disk(path)
