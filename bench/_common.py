@@ -147,11 +147,12 @@ def machine_description(path: str | os.PathLike = "/tmp") -> dict[str, str]:
     d["disk"] = _disk(path)
     d["os"] = f"{platform.system()} {platform.release()}"
     vers = [f"python {platform.python_version()}"]
-    for mod in ("numpy", "torch", "transformers", "gguf"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("numpy", "torch", "transformers", "gguf", "llama-cpp-python"):
         try:
-            m = __import__(mod)
-            vers.append(f"{mod} {getattr(m, '__version__', '?')}")
-        except Exception:  # noqa: BLE001 - optional
+            vers.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
             pass
     d["software"] = ", ".join(vers)
     return d

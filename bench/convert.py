@@ -231,15 +231,16 @@ def make_checkpoint(work: Path, family: str, layers: int, log=print) -> tuple[Pa
 
 
 def layers_46_for(target_bytes: int, fx46: Path) -> tuple[int, int]:
-    """The 4.6 text layer count whose checkpoint size is closest to target_bytes."""
-    best = None
-    for m in range(1, 80):
+    """The 4.6 text layer count whose checkpoint is within 10% of target_bytes, preferring
+    counts that include a full-attention layer (every 4th), then the closest size."""
+    sizes = []
+    for m in range(1, 200):
         b = nbytes(tensors_46(config_46(fx46, m)))
-        if best is None or abs(b - target_bytes) < abs(best[1] - target_bytes):
-            best = (m, b)
+        sizes.append((m, b))
         if b > target_bytes * 1.1:
             break
-    return best
+    close = [(m, b) for m, b in sizes if abs(b / target_bytes - 1) <= 0.10] or sizes
+    return min(close, key=lambda mb: (mb[0] < 4, abs(mb[1] - target_bytes)))
 
 
 # ----------------------------------------------------------------------------- llama.cpp

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter
 
 from minicpmv_edge import __version__, schema
@@ -43,7 +44,13 @@ def convert(
     outtype: str = "f16",
     family: str | None = None,
     progress: Callable[[str, int, int, PlannedTensor], None] | None = None,
+    quant: str | None = None,
+    keep_intermediate: bool = False,
 ) -> ConvertResult:
+    """Convert `src`; with `quant` (a llama.cpp type such as Q4_K_M) the text model is then
+    quantized by llama.cpp and the intermediate deleted unless `keep_intermediate`.
+    int4 (GPTQ/AWQ) checkpoints are unpacked by quantize.int4: weights whose groups
+    tile GGUF blocks are repacked losslessly into Q4_0/Q4_1, the rest dequantized."""
     t0 = time.perf_counter()
     src, out_dir = Path(src), Path(out_dir)
     if not src.is_dir():
@@ -51,9 +58,21 @@ def convert(
     qtype = parse_outtype(outtype)
     config = families.read_config(src)
     fam = families.by_name(family) if family else families.detect(config, src)
-    ckpt = Checkpoint(src)
+    if quant:
+        from quantize.llama import parse_ftype
+
+        quant = parse_ftype(quant)  # unknown types fail before any work
+    ckpt, int4 = _open_checkpoint(src, config)
     try:
         plan = fam().plan(src, ckpt, config, qtype)
+        if int4 is not None:
+            from quantize.int4 import plan_repack
+
+            plan.text_tensors = plan_repack(plan.text_tensors, ckpt, int4)
+            if int4.dequantized:
+                log.warning("%d %s tensors cannot be repacked losslessly (act-order, group size or layout); "
+                            "dequantized and written as %s, e.g. %s", len(int4.dequantized), int4.method,
+                            outtype.lower(), int4.dequantized[0])
         unmapped = sorted(set(ckpt.names()) - plan.consumed)
         if unmapped:
             raise CheckpointError(f"{len(unmapped)} tensors not mapped by {fam.name}, e.g. {unmapped[:3]}", src)
@@ -62,7 +81,8 @@ def convert(
         except OSError as exc:
             raise OutputError(f"cannot create output directory ({exc.strerror})", out_dir) from None
         slug = fam.name
-        text_path = out_dir / f"{slug}-text-{outtype.lower()}.gguf"
+        text_type = outtype.lower() if int4 is None else f"{int4.method}-{outtype.lower()}"
+        text_path = out_dir / f"{slug}-text-{text_type}.gguf"
         mm_type = "f32" if outtype.lower() == "f32" else "f16"
         mm_path = out_dir / f"{slug}-mmproj-{mm_type}.gguf"
 
@@ -92,16 +112,57 @@ def convert(
             raise
     finally:
         ckpt.close()
+    files = {text_path.name: {"kind": "text", "type": text_type, "bytes": text_path.stat().st_size},
+             mm_path.name: {"kind": "mmproj", "type": mm_type, "bytes": mm_path.stat().st_size}}
+    notes: dict = {}
+    if int4 is not None:
+        notes["int4"] = int4.as_dict()
+    if quant:
+        text_path = _quantize_text(text_path, mm_path, out_dir / f"{slug}-text-{quant.lower()}.gguf", quant,
+                                   int4, keep_intermediate, files)
+        notes["text_quant"] = {"type": quant, "tool": "llama_model_quantize", "from": text_type,
+                               "kept_intermediate": keep_intermediate}
     manifest = Manifest(
         family=fam.name, text=text_path.name, mmproj=mm_path.name, source=str(src.resolve()),
-        tool_version=__version__, outtype=outtype.lower(),
-        files={
-            text_path.name: {"kind": "text", "type": outtype.lower(), "bytes": text_path.stat().st_size},
-            mm_path.name: {"kind": "mmproj", "type": mm_type, "bytes": mm_path.stat().st_size},
-        },
+        tool_version=__version__, outtype=quant.lower() if quant else outtype.lower(), files=files, quant=notes,
     )
     manifest.save(out_dir)
     return ConvertResult(manifest, text_path, mm_path, time.perf_counter() - t0, ckpt.total_bytes())
+
+
+def _open_checkpoint(src: Path, config: dict):
+    ckpt = Checkpoint(src)
+    from quantize.int4 import Int4Checkpoint, Int4Config, Int4Report
+
+    try:
+        cfg = Int4Config.from_config(config)
+        if cfg is None:
+            return ckpt, None
+        return Int4Checkpoint(ckpt, cfg), Int4Report(cfg.method, cfg.bits, cfg.group_size, cfg.desc_act)
+    except BaseException:
+        ckpt.close()
+        raise
+
+
+def _quantize_text(text_path: Path, mm_path: Path, q_path: Path, quant: str, int4, keep: bool,
+                   files: dict) -> Path:
+    """llama.cpp quantizes the text file; on failure the whole new pair goes, as for convert."""
+    from quantize.llama import quantize_text
+
+    keep_types = {n: int(getattr(Q, t)) for n, t in int4.repacked.items()} if int4 is not None else {}
+    try:
+        res = quantize_text(text_path, q_path, quant, keep_types=keep_types)
+    except BaseException:
+        text_path.unlink(missing_ok=True)
+        mm_path.unlink(missing_ok=True)
+        raise
+    files[q_path.name] = {"kind": "text", "type": quant.lower(), "bytes": res.bytes}
+    if keep:
+        files[text_path.name]["kind"] = "text-intermediate"
+    else:
+        text_path.unlink()
+        del files[text_path.name]
+    return q_path
 
 
 def _add_edge_keys(w: GGUFWriter, fam, src: Path) -> None:

@@ -248,7 +248,9 @@ def plan_qwen35_text(ckpt: Checkpoint, hp: Qwen35HParams, outtype) -> tuple[list
                 f"tensor {src!r} has shape {list(ckpt.shape(src))} but config.json implies {list(want)}",
                 ckpt.refs[src].file)
         qtype = GGMLQuantizationType.F32 if ".ssm_conv1d." in name else text_tensor_type(name, shape, outtype)
-        plan.append(PlannedTensor(name, shape, qtype, _producer(ckpt, src, local, hp)))
+        untransformed = "linear_attn." not in local and not local.endswith(("norm.weight", ".A_log", ".dt_bias"))
+        plan.append(PlannedTensor(name, shape, qtype, _producer(ckpt, src, local, hp),
+                                  source=src if untransformed else None))
     if rows is None:
         raise CheckpointError(f"no token embedding under {_LM!r}", ckpt.dir)
     if rows < b.n_vocab:

@@ -32,13 +32,20 @@ class PlannedTensor:
     """One output tensor: its GGUF name, numpy-order shape, storage type and a producer.
 
     `produce` returns a float array of exactly `shape`; it is called once, while
-    writing, so the source is read only then.
+    writing, so the source is read only then. With `encoded`, it returns the
+    finished `qtype` bytes instead (uint8, gguf's byte shape), e.g. an int4
+    checkpoint's weights repacked into Q4_0 blocks by quantize.int4.
+    `source` names the checkpoint tensor when `produce` is exactly
+    `ckpt.load(source)` (no transform), so a later stage may substitute an exact
+    encoding of that source; None otherwise.
     """
 
     name: str
     shape: tuple[int, ...]
     qtype: GGMLQuantizationType
     produce: Callable[[], np.ndarray]
+    source: str | None = None
+    encoded: bool = False
 
 
 def _encode(arr: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -84,9 +91,10 @@ def write_gguf(
         writer.write_ti_data_to_file()
         for i, t in enumerate(tensors):
             arr = t.produce()
-            if tuple(arr.shape) != tuple(t.shape):
-                raise AssertionError(f"{t.name}: produced shape {arr.shape}, planned {t.shape}")
-            writer.write_tensor_data(_encode(arr, t.qtype))
+            want = quant_shape_to_byte_shape(t.shape, t.qtype) if t.encoded else t.shape
+            if tuple(arr.shape) != tuple(want):
+                raise AssertionError(f"{t.name}: produced shape {arr.shape}, planned {want}")
+            writer.write_tensor_data(np.ascontiguousarray(arr, np.uint8) if t.encoded else _encode(arr, t.qtype))
             del arr
             if on_tensor:
                 on_tensor(i, len(tensors), t)

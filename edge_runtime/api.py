@@ -217,7 +217,8 @@ class MiniCPMV:
             self._ctx.clear_abort()
             t0 = time.perf_counter()
             timings = Timings(load_ms=self.load_ms)
-            pre = self.session.prefill(prompt, bitmaps)
+            tail = self.format.thinking_prefix_on if thinking else self.format.thinking_prefix_off
+            pre = self.session.prefill(prompt, bitmaps, tail=tail if self.format.thinking_supported else "")
             timings.image_encode_ms = pre.image_encode_ms
             timings.prompt_tokens, timings.prompt_tokens_evaluated = pre.n_prompt, pre.n_evaluated
             sampler = Sampler(self.model, s)

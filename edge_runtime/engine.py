@@ -121,6 +121,8 @@ class Model:
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.n_embd = L.llama_model_n_embd(self.ptr)
         self.n_ctx_train = L.llama_model_n_ctx_train(self.ptr)
+        # recurrent state (Qwen3.5's linear attention) cannot be cut back to a position
+        self.can_truncate = not (L.llama_model_is_recurrent(self.ptr) or L.llama_model_is_hybrid(self.ptr))
 
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
         L = _llama()
@@ -191,6 +193,23 @@ class Context:
         L.llama_memory_clear(L.llama_get_memory(self.ptr), True)
         self.n_past = 0
 
+    def save_state(self) -> bytes:
+        """Snapshot of sequence 0 (KV and recurrent state) at the current position."""
+        L = self._L
+        size = L.llama_state_seq_get_size(self.ptr, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = L.llama_state_seq_get_data(self.ptr, buf, size, 0)
+        return bytes(buf[:n])
+
+    def load_state(self, data: bytes, n_past: int) -> None:
+        L = self._L
+        self.clear()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if L.llama_state_seq_set_data(self.ptr, buf, len(data), 0) != len(data):
+            self.clear()
+            raise RuntimeFailure("could not restore a saved sequence state")
+        self.n_past = n_past
+
     def truncate(self, n_keep: int) -> None:
         """Drop positions >= n_keep (keeps the shared prefix for multi-turn reuse)."""
         L = _llama()
@@ -224,6 +243,33 @@ class Context:
             if rc != 0:
                 raise RuntimeFailure(f"llama_decode failed with code {rc}")
             self.n_past += len(part)
+
+    def decode_all_logits(self, tokens: list[int]) -> np.ndarray:
+        """Evaluate `tokens` (at most n_batch) after the current position with logits for every
+        position; returns float32 [len(tokens), n_vocab] (quality reports compare whole distributions)."""
+        L = _llama()
+        if len(tokens) > self.n_batch:
+            raise ContextOverflowError(f"{len(tokens)} tokens exceed the batch size {self.n_batch}")
+        if self.n_past + len(tokens) > self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt needs {self.n_past + len(tokens)} tokens but the context holds {self.n_ctx}")
+        batch = L.llama_batch_init(len(tokens), 0, 1)
+        try:
+            batch.n_tokens = len(tokens)
+            for j, t in enumerate(tokens):
+                batch.token[j] = t
+                batch.pos[j] = self.n_past + j
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = 0
+                batch.logits[j] = 1
+            rc = L.llama_decode(self.ptr, batch)
+        finally:
+            L.llama_batch_free(batch)
+        if rc != 0:
+            raise RuntimeFailure(f"llama_decode failed with code {rc}")
+        self.n_past += len(tokens)
+        ptr = L.llama_get_logits(self.ptr)
+        return np.ctypeslib.as_array(ptr, shape=(len(tokens) * self.model.n_vocab,)).reshape(len(tokens), -1).copy()
 
     def logits(self) -> np.ndarray:
         L = _llama()

@@ -74,13 +74,20 @@ class Session:
         self.cache = cache
         self.units: list[tuple] = []  # what the KV cache holds, in order
         self.counters = Counters()
+        # models whose memory cannot be cut back (recurrent layers) keep one snapshot taken
+        # just before the assistant's generation prefix: where the next turn's prompt diverges
+        self._checkpoint: tuple[list[tuple], int, bytes] | None = None
 
     def reset(self) -> None:
         self.ctx.clear()
         self.units = []
+        self._checkpoint = None
 
-    def prefill(self, text: str, bitmaps: list[Bitmap]) -> PrefillStats:
-        """Make the KV cache hold exactly `text` (with images at the markers); logits ready."""
+    def prefill(self, text: str, bitmaps: list[Bitmap], tail: str = "") -> PrefillStats:
+        """Make the KV cache hold exactly `text` (with images at the markers); logits ready.
+
+        `tail`: the generation-only end of `text` (e.g. a thinking prefix) that the next
+        turn's history will not repeat; recurrent models snapshot their state before it."""
         t0 = time.perf_counter()
         plan, chunks = self._plan(text, bitmaps)
         try:
@@ -89,18 +96,48 @@ class Session:
                 keep += 1
             if keep == len(plan):  # identical prompt: re-evaluate the last unit for fresh logits
                 keep -= 1
+            keep = self._rewind(plan, keep)
             pos = sum(_n_pos(u) for u, _ in plan[:keep])
-            self.ctx.truncate(pos)
-            if self.ctx.n_past != pos:  # memory could not be cut (recurrent layers): start over
-                keep, pos = 0, 0
-                self.ctx.clear()
-            self.units = [u for u, _ in plan[:keep]]
             self.counters.prompt_tokens_reused += pos
-            evaluated, encode_ms = self._evaluate(plan[keep:], chunks)
+            n_tail = self._tail_units(plan, tail)
+            if n_tail and not self.ctx.model.can_truncate and keep < len(plan) - n_tail:
+                evaluated, encode_ms = self._evaluate(plan[keep:len(plan) - n_tail], chunks)
+                self._checkpoint = (list(self.units), self.ctx.n_past, self.ctx.save_state())
+                more, more_ms = self._evaluate(plan[len(plan) - n_tail:], chunks)
+                evaluated, encode_ms = evaluated + more, encode_ms + more_ms
+            else:
+                evaluated, encode_ms = self._evaluate(plan[keep:], chunks)
         finally:
             if chunks is not None:
                 chunks.close()
         return PrefillStats(sum(_n_pos(u) for u, _ in plan), evaluated, (time.perf_counter() - t0) * 1e3, encode_ms)
+
+    def _rewind(self, plan: list[tuple], keep: int) -> int:
+        """Cut the cache back to `keep` units; returns how many units it really kept."""
+        if keep >= len(self.units):
+            return keep
+        pos = sum(_n_pos(u) for u in self.units[:keep])
+        if self.ctx.model.can_truncate:
+            self.ctx.truncate(pos)
+            self.units = self.units[:keep]
+            return keep
+        ck = self._checkpoint
+        if ck is not None and len(ck[0]) <= keep and [u for u, _ in plan[:len(ck[0])]] == ck[0]:
+            self.ctx.load_state(ck[2], ck[1])
+            self.units = list(ck[0])
+            return len(ck[0])
+        self.ctx.clear()
+        self.units = []
+        return 0
+
+    def _tail_units(self, plan: list[tuple], tail: str) -> int:
+        if not tail:
+            return 0
+        toks = self.ctx.model.tokenize(tail)
+        n = len(toks)
+        if n and n < len(plan) and [u for u, _ in plan[-n:]] == [("tok", t) for t in toks]:
+            return n
+        return 0
 
     def _plan(self, text: str, bitmaps: list[Bitmap]):
         """Prompt -> [(unit, chunk index)]; unit = ("tok", id) or ("img", key, n_pos).

@@ -21,6 +21,8 @@ class Manifest:
     tool_version: str
     outtype: str
     files: dict[str, dict] = field(default_factory=dict)  # every produced file: {name: {kind, type, bytes}}
+    # how weights were quantized: {"int4": {method, repacked, dequantized, ...}, "text_quant": {type, tool}}
+    quant: dict = field(default_factory=dict)
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST

@@ -67,12 +67,11 @@ def parse_type(name: str) -> Q:
 
 def tensor_type(name: str, shape: tuple[int, ...], stored: Q, target: Q) -> Q:
     """The storage type one projector tensor gets (shape in numpy order)."""
-    float_stored = stored if stored in (Q.F32, Q.F16) else Q.F16
-    if "patch_embd" in name:
-        return Q.F32 if target == Q.F32 else Q.F16
     if (len(shape) < 2 or not name.endswith(".weight") or "norm" in name or ".ln" in name
             or "position_embd" in name):
-        return float_stored if stored != Q.BF16 else Q.F32
+        return stored if stored in (Q.F32, Q.F16) else Q.F32  # biases, norms, pos tables: as llama.cpp wrote them
+    if "patch_embd" in name:
+        return Q.F32 if target == Q.F32 else Q.F16
     if target in (Q.F32, Q.F16):
         return target
     block = GGML_QUANT_SIZES[target][0]

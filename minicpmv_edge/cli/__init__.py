@@ -22,6 +22,9 @@ SUBCOMMANDS = {
     "convert": "minicpmv_edge.cli.convert_cmd",
     "inspect": "minicpmv_edge.cli.inspect_cmd",
     "demo": "minicpmv_edge.cli.demo_cmd",
+    "chat": "minicpmv_edge.cli.chat_cmd",
+    "quantize": "minicpmv_edge.cli.quantize_cmd",
+    "quality": "minicpmv_edge.cli.quality_cmd",
 }
 
 

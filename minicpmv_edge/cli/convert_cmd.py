@@ -8,7 +8,9 @@ import sys
 EXAMPLES = """examples:
   minicpmv-edge convert ~/models/MiniCPM-V-4_5 -o out/minicpmv45
   minicpmv-edge convert ~/models/MiniCPM-V-4.6 -o out/v46 --outtype bf16
-  minicpmv-edge convert ./ckpt -o out --family 2.6 --json"""
+  minicpmv-edge convert ./ckpt -o out --family 2.6 --json
+  minicpmv-edge convert ~/models/MiniCPM-V-4_5 -o out/q4 --quant Q4_K_M
+  minicpmv-edge convert ~/models/MiniCPM-V-4_5-int4 -o out/int4      (GPTQ/AWQ: lossless Q4_0/Q4_1 repack)"""
 
 
 def add_parser(sub) -> None:
@@ -20,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="output folder (created if missing)")
     p.add_argument("--outtype", default="f16", choices=["f16", "bf16", "f32", "q8_0"],
                    help="text model tensor type (default f16); the projector is always f16 (f32 with --outtype f32)")
+    p.add_argument("--quant", metavar="TYPE", help="then quantize the text model with llama.cpp (e.g. Q4_K_M)")
+    p.add_argument("--keep-intermediate", action="store_true",
+                   help="with --quant: keep the unquantized text GGUF (recorded in manifest.json)")
     p.add_argument("--family", help="override family detection (2.6, 4.0, 4.5, 4.6 or minicpmv-X)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(run=run)
@@ -32,7 +37,8 @@ def run(args) -> int:
         if not args.json and sys.stderr.isatty():
             print(f"\r  {kind}: {i + 1}/{n} {t.name[:50]:<50}", end="", file=sys.stderr, flush=True)
 
-    res = convert(args.src, args.out, outtype=args.outtype, family=args.family, progress=progress)
+    res = convert(args.src, args.out, outtype=args.outtype, family=args.family, progress=progress,
+                  quant=args.quant, keep_intermediate=args.keep_intermediate)
     if sys.stderr.isatty() and not args.json:
         print(file=sys.stderr)
     summary = {

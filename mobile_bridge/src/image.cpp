@@ -4,6 +4,7 @@
 
 #include "mtmd-helper.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 

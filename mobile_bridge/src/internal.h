@@ -110,3 +110,24 @@ struct mcv_session {
     double image_encode_ms = 0, prefill_ms = 0, ttft_ms = 0, t_begin = 0, t_first = 0, t_last = 0;
     int32_t n_prefill = 0;
 };
+
+namespace mcv {
+double now_ms();
+// Evaluates s->pending (and `bm` at its media marker) into the KV cache; on failure the
+// KV cache is rolled back to where it was. n_tokens_out: positions added.
+int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_tokens_out);
+int decode_tokens(mcv_session *s, const llama_token *toks, int32_t n);
+void close_turn(mcv_session *s);
+void finish_reply(mcv_session *s);  // ends a pull-style reply (keeps KV == transcript)
+
+// Marks a session busy for one public call; a concurrent second call gets MCV_ERR_BUSY.
+struct BusyGuard {
+    mcv_session *s;
+    bool ok;
+    explicit BusyGuard(mcv_session *s_) : s(s_) {
+        bool expected = false;
+        ok = s && s->busy.compare_exchange_strong(expected, true);
+    }
+    ~BusyGuard() { if (ok) s->busy.store(false); }
+};
+}  // namespace mcv

@@ -1,6 +1,8 @@
 // Versions, status strings, errors, logging, model load/free.
 #include "internal.h"
 
+#include "mtmd-helper.h"
+
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -68,7 +70,7 @@ void ensure_backend() {
     static std::once_flag once;
     std::call_once(once, [] {
         llama_log_set(log_trampoline, nullptr);
-        mtmd_log_set(log_trampoline, nullptr);
+        mtmd_helper_log_set(log_trampoline, nullptr);  // also sets mtmd_log_set
         llama_backend_init();
     });
 }

@@ -1,0 +1,158 @@
+"""`minicpmv-edge chat -m MODEL --mmproj MMPROJ` and `minicpmv-edge run OUT_DIR`.
+
+One-shot with -p; otherwise an interactive prompt (/image PATH, /video PATH, /reset, /exit).
+Tokens stream to stdout; one line of timings follows each answer on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+CHAT_EXAMPLES = """examples:
+  minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf --image cat.jpg -p "What is this?"
+  minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf --video clip.mp4 --fps 1 -p "Describe the video"
+  minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf            # interactive: /image PATH, /reset, /exit"""
+RUN_EXAMPLES = """examples:
+  minicpmv-edge run out/v45 --image a.jpg --image b.jpg -p "Compare the two images"
+  minicpmv-edge run out/v45 --image a.jpg -p "What is it?" --temp 0 --json"""
+
+
+def _common(p) -> None:
+    p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image (repeatable)")
+    p.add_argument("--video", metavar="PATH", help="a video file; frames sampled with --fps, at most --max-frames")
+    p.add_argument("--fps", type=float, default=1.0, help="video frames per second to keep (default 1)")
+    p.add_argument("--max-frames", type=int, default=16, help="cap on video frames (default 16)")
+    p.add_argument("-p", "--prompt", help="one-shot prompt; without it, chat interactively")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--think", action="store_true", help="enable thinking (4.5, 4.6)")
+    p.add_argument("-n", "--max-tokens", type=int, default=512)
+    p.add_argument("--temp", type=float, default=0.7, help="temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--repeat-penalty", type=float, default=1.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-c", "--ctx-size", type=int, default=4096)
+    p.add_argument("-t", "--threads", type=int, default=None, help="default: physical cores")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers on the GPU (Metal/CUDA builds)")
+    p.add_argument("--mmproj-gpu", action="store_true", help="run the vision encoder on the GPU backend")
+    p.add_argument("--max-slices", type=int, default=None, help="cap on slices per image (default: model's)")
+    p.add_argument("--image-max-pixels", type=int, default=None, help="refuse larger images (default 16.7M)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with text and timings")
+    p.set_defaults(run=run)
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser("chat", help="chat with a GGUF text model + mmproj", epilog=CHAT_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("-m", "--model", required=True, metavar="MODEL.gguf")
+    c.add_argument("--mmproj", metavar="MMPROJ.gguf", help="vision projector (needed for images and video)")
+    _common(c)
+    r = sub.add_parser("run", help="chat with a converted folder (reads manifest.json)", epilog=RUN_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("folder", metavar="OUT_DIR")
+    _common(r)
+
+
+def _load(args):
+    from edge_runtime import LoadOptions, MiniCPMV
+    from minicpmv_edge.manifest import Manifest
+
+    opts = LoadOptions(n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                       mmproj_gpu=args.mmproj_gpu, max_slices=args.max_slices,
+                       **({"image_max_pixels": args.image_max_pixels} if args.image_max_pixels else {}))
+    if getattr(args, "folder", None):
+        m = Manifest.load(args.folder)
+        return MiniCPMV(m.path_of(args.folder, "text"), m.path_of(args.folder, "mmproj"), opts)
+    return MiniCPMV(args.model, args.mmproj, opts)
+
+
+def _timing_line(r) -> str:
+    t = r.timings
+    enc = "+".join(f"{x:.0f}" for x in t.image_encode_ms) or "0"
+    return (f"[load {t.load_ms:.0f} ms | image encode {enc} ms | prefill {t.prefill_tok_s:.1f} tok/s"
+            f" ({t.prompt_tokens_evaluated}/{t.prompt_tokens} tok) | decode {t.decode_tok_s:.1f} tok/s"
+            f" ({t.generated_tokens} tok) | peak RSS {t.peak_rss_mb:.0f} MB]")
+
+
+def _answer(model, messages, args, out):
+    kw = dict(enable_thinking=args.think, max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p,
+              top_k=args.top_k, repeat_penalty=args.repeat_penalty, seed=args.seed)
+    if args.json:
+        return model.chat(messages, **kw)
+    in_reasoning = False
+    for piece in model.chat(messages, stream=True, **kw):
+        if piece.reasoning and not in_reasoning:
+            out.write("<think>")
+        if in_reasoning and not piece.reasoning:
+            out.write("</think>\n")
+        in_reasoning = piece.reasoning
+        out.write(piece.text)
+        out.flush()
+    out.write("\n")
+    r = model.last_result
+    print(_timing_line(r), file=sys.stderr, flush=True)
+    return r
+
+
+def _user_content(images, video, text, fps, max_frames):
+    content = [{"type": "image", "image": path} for path in images]
+    if video:
+        content.append({"type": "video", "video": video, "fps": fps, "max_frames": max_frames})
+    content.append(text)
+    return content
+
+
+def run(args) -> int:
+    model = _load(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt is not None:
+        messages.append({"role": "user", "content": _user_content(args.image, args.video, args.prompt,
+                                                                  args.fps, args.max_frames)})
+        r = _answer(model, messages, args, sys.stdout)
+        if args.json:
+            print(json.dumps({"text": r.text, "reasoning": r.reasoning, "finish_reason": r.finish_reason,
+                              "usage": r.usage, "timings": r.timings.as_dict()}, ensure_ascii=False))
+        return 0
+    return _interactive(model, messages, args)
+
+
+def _interactive(model, messages, args) -> int:
+    from minicpmv_edge.errors import EdgeError
+
+    pending_images, pending_video = list(args.image), args.video
+    print("interactive chat: /image PATH, /video PATH, /reset, /exit", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            return 0
+        cmd, _, rest = line.strip().partition(" ")
+        if cmd in ("/exit", "/quit"):
+            return 0
+        if cmd == "/reset":
+            messages[:] = [m for m in messages if m["role"] == "system"]
+            pending_images, pending_video = [], None
+            model.reset()
+            continue
+        if cmd == "/image":
+            pending_images.append(rest.strip())
+            continue
+        if cmd == "/video":
+            pending_video = rest.strip()
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": _user_content(pending_images, pending_video, line,
+                                                                  args.fps, args.max_frames)})
+        pending_images, pending_video = [], None
+        try:
+            r = _answer(model, messages, args, sys.stdout)
+        except EdgeError as exc:  # one bad image must not end the conversation
+            messages.pop()
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"text": r.text, "timings": r.timings.as_dict()}, ensure_ascii=False))
+        messages.append({"role": "assistant", "content": r.raw if r.reasoning else r.text})

@@ -1,0 +1,63 @@
+"""`minicpmv-edge quantize IN.gguf OUT.gguf --type Q4_K_M`: text models via llama.cpp, projectors in numpy."""
+
+from __future__ import annotations
+
+import json
+
+EXAMPLES = """examples:
+  minicpmv-edge quantize out/v45/minicpmv-4.5-text-f16.gguf out/v45/text-q4_k_m.gguf --type Q4_K_M
+  minicpmv-edge quantize text-f16.gguf text-iq4_xs.gguf --type IQ4_XS --imatrix imatrix.gguf
+  minicpmv-edge quantize text-f16.gguf text-q4_k_m.gguf --type Q4_K_M --output-tensor-type q8_0
+  minicpmv-edge quantize out/v45/minicpmv-4.5-mmproj-f16.gguf mmproj-q8_0.gguf --type Q8_0
+
+text types: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K
+            IQ4_NL IQ4_XS BF16 F16 F32; with --imatrix also Q2_K_S IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ1_S IQ1_M IQ3_XXS
+projector (mmproj) types: F16 (default) F32 Q8_0 Q5_1 Q5_0 Q4_1 Q4_0; never BF16"""
+
+
+def add_parser(sub) -> None:
+    import argparse
+
+    p = sub.add_parser("quantize", help="quantize a text GGUF (llama.cpp) or a vision projector GGUF",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inp", metavar="IN.gguf")
+    p.add_argument("out", metavar="OUT.gguf")
+    p.add_argument("--type", default=None, help="quantization type (text default Q4_K_M; projector default F16)")
+    p.add_argument("--imatrix", metavar="FILE", help="importance matrix (llama-imatrix GGUF or legacy .dat)")
+    p.add_argument("--output-tensor-type", metavar="TYPE", help="ggml type for output.weight, e.g. q8_0")
+    p.add_argument("--token-embedding-type", metavar="TYPE", help="ggml type for token_embd.weight, e.g. q8_0")
+    p.add_argument("--allow-requantize", action="store_true", help="accept an already-quantized input (lossy)")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from minicpmv_edge.gguf_info import read_info
+
+    info = read_info(args.inp, tensors=False)
+    if info.is_mmproj:
+        from quantize import quantize_file
+
+        res = quantize_file(args.inp, args.out, args.type or "F16", allow_requantize=args.allow_requantize,
+                            imatrix=args.imatrix, output_tensor_type=args.output_tensor_type,
+                            token_embedding_type=args.token_embedding_type)
+        summary = {"kind": "mmproj", "out": str(res.path), "type": res.type, "bytes": res.bytes,
+                   "seconds": round(res.seconds, 3), "tensor_types": res.types}
+    else:
+        from quantize.llama import quantize_text
+
+        res = quantize_text(args.inp, args.out, args.type or "Q4_K_M", imatrix=args.imatrix,
+                            output_tensor_type=args.output_tensor_type,
+                            token_embedding_type=args.token_embedding_type,
+                            allow_requantize=args.allow_requantize, nthread=args.threads)
+        summary = {"kind": "text", "out": str(res.path), "type": res.ftype, "bytes": res.bytes,
+                   "seconds": round(res.seconds, 3), "input_bytes": res.input_bytes}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['kind']:<7}{summary['out']}")
+        print(f"type   {summary['type']}")
+        print(f"size   {summary['bytes'] / 1e6:.1f} MB")
+        print(f"took   {summary['seconds']} s")
+    return 0

@@ -1,0 +1,345 @@
+// Sessions: conversation text, prefill of text and images, reset, stats, introspection.
+#include "internal.h"
+
+#include "mtmd-helper.h"
+
+#include <chrono>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+using namespace mcv;
+
+namespace {
+const char *role_name(int r) { return r == MCV_ROLE_SYSTEM ? "system" : r == MCV_ROLE_USER ? "user" : "assistant"; }
+
+bool abort_cb(void *data) { return static_cast<mcv_session *>(data)->cancel.load(std::memory_order_relaxed); }
+
+#define GUARD(s)                                                                           \
+    clear_thread_error();                                                                  \
+    if (!(s)) return fail(nullptr, MCV_ERR_INVALID_ARG, "session is NULL");                \
+    BusyGuard guard_(s);                                                                   \
+    if (!guard_.ok) return fail(nullptr, MCV_ERR_BUSY, "session is in use by another thread"); \
+    if ((s)->needs_reset) return fail(&(s)->err, MCV_ERR_STATE, "an earlier failure left the context inconsistent; call mcv_session_reset")
+
+struct Snapshot {
+    std::string pending;
+    int open_role, open_parts;
+    bool reply_open;
+    explicit Snapshot(const mcv_session *s)
+        : pending(s->pending), open_role(s->open_role), open_parts(s->open_parts), reply_open(s->reply_open) {}
+    void restore(mcv_session *s) const {
+        s->pending = pending;
+        s->open_role = open_role;
+        s->open_parts = open_parts;
+        s->reply_open = reply_open;
+    }
+};
+
+// Opens (or continues) a turn of `role` for one more content part.
+void start_part(mcv_session *s, int role) {
+    const PromptFormat &f = s->model->fmt;
+    if (s->evaluated.empty() && s->pending.empty() && role != MCV_ROLE_SYSTEM && !f.default_system.empty())
+        s->pending += f.turn_open("system") + f.default_system + f.turn_suffix;
+    if (s->reply_open || s->open_role != role) {
+        close_turn(s);
+        s->pending += f.turn_open(role_name(role));
+        s->open_role = role;
+        s->open_parts = 0;
+    }
+    if (s->open_parts > 0) s->pending += f.separator;
+    s->open_parts++;
+}
+
+void rollback(mcv_session *s, int32_t n_before) {
+    llama_memory_t mem = llama_get_memory(s->lctx);
+    if (!llama_memory_seq_rm(mem, 0, n_before, -1)) {  // recurrent memory cannot cut in the middle
+        llama_memory_clear(mem, true);
+        s->needs_reset = true;
+    }
+    s->n_past = n_before;
+}
+
+int add_image(mcv_session *s, mtmd_bitmap *bm) {
+    Snapshot snap(s);
+    start_part(s, MCV_ROLE_USER);
+    s->pending += s->model->fmt.image_placeholder(s->model->marker, s->n_images);
+    int rc = eval_pending(s, bm, nullptr);
+    mtmd_bitmap_free(bm);
+    if (rc != MCV_OK) {
+        snap.restore(s);
+        return rc;
+    }
+    s->n_images++;
+    return MCV_OK;
+}
+}  // namespace
+
+namespace mcv {
+double now_ms() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+void close_turn(mcv_session *s) {
+    if (s->open_role >= 0) s->pending += s->model->fmt.turn_suffix;
+    s->open_role = -1;
+    s->open_parts = 0;
+    s->reply_open = false;
+}
+
+int decode_tokens(mcv_session *s, const llama_token *toks, int32_t n) {
+    const int32_t nb = s->model->params.n_batch;
+    for (int32_t i = 0; i < n; i += nb) {
+        if (s->cancel.load()) return fail(&s->err, MCV_ERR_CANCELLED, "cancelled");
+        int32_t k = n - i < nb ? n - i : nb;
+        int rc = llama_decode(s->lctx, llama_batch_get_one(const_cast<llama_token *>(toks + i), k));
+        if (rc == 2 || s->cancel.load()) return fail(&s->err, MCV_ERR_CANCELLED, "cancelled");
+        if (rc == 1) return fail(&s->err, MCV_ERR_CONTEXT_FULL, "no room in the KV cache");
+        if (rc != 0) return fail(&s->err, MCV_ERR_DECODE, "llama_decode failed with code " + std::to_string(rc));
+        s->n_past += k;
+    }
+    return MCV_OK;
+}
+
+int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out) {
+    mcv_model *m = s->model;
+    const int32_t n_before = s->n_past;
+    const int32_t n_ctx = (int32_t)llama_n_ctx(s->lctx);
+    const bool add_special = s->n_past == 0;
+    int rc = MCV_OK;
+    if (!m->mctx) {  // text-only model
+        std::vector<llama_token> toks(s->pending.size() + 8);
+        int32_t n = llama_tokenize(m->vocab, s->pending.data(), (int32_t)s->pending.size(), toks.data(),
+                                   (int32_t)toks.size(), add_special, true);
+        if (n < 0) return fail(&s->err, MCV_ERR_INTERNAL, "tokenizer failed");
+        if (s->n_past + n > n_ctx)
+            return fail(&s->err, MCV_ERR_CONTEXT_FULL, "prompt needs " + std::to_string(s->n_past + n) + " positions; n_ctx is " + std::to_string(n_ctx));
+        rc = decode_tokens(s, toks.data(), n);
+    } else {
+        mtmd_input_chunks *chunks = mtmd_input_chunks_init();
+        mtmd_input_text txt = {s->pending.c_str(), s->pending.size(), add_special, true};
+        const mtmd_bitmap *bms[1] = {bm};
+        int32_t trc = mtmd_tokenize(m->mctx, chunks, &txt, bms, bm ? 1 : 0);
+        if (trc != 0) {
+            mtmd_input_chunks_free(chunks);
+            return fail(&s->err, trc == 1 ? MCV_ERR_INVALID_ARG : MCV_ERR_IMAGE,
+                        trc == 1 ? "text contains a media marker (" + m->marker + ") that has no image"
+                                 : "mtmd could not preprocess the image");
+        }
+        llama_pos need = mtmd_helper_get_n_pos(chunks);
+        if (s->n_past + need > n_ctx) {
+            mtmd_input_chunks_free(chunks);
+            return fail(&s->err, MCV_ERR_CONTEXT_FULL, "prompt needs " + std::to_string(s->n_past + need) + " positions; n_ctx is " + std::to_string(n_ctx));
+        }
+        const int n_embd = llama_model_n_embd_inp(m->lm);
+        std::vector<float> embd;
+        for (size_t i = 0; i < mtmd_input_chunks_size(chunks) && rc == MCV_OK; i++) {
+            const mtmd_input_chunk *c = mtmd_input_chunks_get(chunks, i);
+            if (mtmd_input_chunk_get_type(c) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
+                size_t nt = 0;
+                const llama_token *t = mtmd_input_chunk_get_tokens_text(c, &nt);
+                rc = decode_tokens(s, t, (int32_t)nt);
+                continue;
+            }
+            if (s->cancel.load()) {
+                rc = fail(&s->err, MCV_ERR_CANCELLED, "cancelled");
+                break;
+            }
+            const size_t ntok = mtmd_input_chunk_get_n_tokens(c);
+            double t0 = now_ms();
+            {
+                std::lock_guard<std::mutex> lk(m->vision_mu);  // the encoder's output buffer is shared
+                if (mtmd_encode_chunk(m->mctx, c) != 0) {
+                    rc = fail(&s->err, MCV_ERR_DECODE, "the vision encoder failed");
+                    break;
+                }
+                const float *out = mtmd_get_output_embd(m->mctx);
+                embd.assign(out, out + ntok * (size_t)n_embd);
+            }
+            s->image_encode_ms += now_ms() - t0;
+            llama_pos new_past = s->n_past;
+            int32_t drc = mtmd_helper_decode_image_chunk(m->mctx, s->lctx, c, embd.data(), s->n_past, 0,
+                                                         m->params.n_batch, &new_past, nullptr, nullptr);
+            if (drc != 0)
+                rc = s->cancel.load() ? fail(&s->err, MCV_ERR_CANCELLED, "cancelled")
+                                      : fail(&s->err, MCV_ERR_DECODE, "decoding image embeddings failed");
+            else
+                s->n_past = new_past;
+        }
+        mtmd_input_chunks_free(chunks);
+    }
+    if (rc != MCV_OK) {
+        rollback(s, n_before);
+        return rc;
+    }
+    if (n_out) *n_out = s->n_past - n_before;
+    s->evaluated += s->pending;
+    s->pending.clear();
+    return MCV_OK;
+}
+}  // namespace mcv
+
+extern "C" {
+
+int mcv_session_create(mcv_model *m, mcv_session **out) {
+    clear_thread_error();
+    if (!out) return fail(nullptr, MCV_ERR_INVALID_ARG, "out is NULL");
+    *out = nullptr;
+    if (!m) return fail(nullptr, MCV_ERR_INVALID_ARG, "model is NULL");
+    auto *s = new (std::nothrow) mcv_session();
+    if (!s) return fail(&m->err, MCV_ERR_NO_MEMORY, "out of memory");
+    s->model = m;
+    s->thinking = m->fmt.thinking_supported && m->fmt.thinking_default;
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)m->params.n_ctx;
+    cp.n_batch = cp.n_ubatch = (uint32_t)m->params.n_batch;
+    cp.n_threads = cp.n_threads_batch = m->n_threads;
+    cp.abort_callback = abort_cb;
+    cp.abort_callback_data = s;
+    s->lctx = llama_init_from_model(m->lm, cp);
+    if (!s->lctx) {
+        delete s;
+        return fail(&m->err, MCV_ERR_NO_MEMORY, "llama.cpp could not create a context (n_ctx too large?)");
+    }
+    m->n_sessions++;
+    *out = s;
+    return MCV_OK;
+}
+
+int mcv_session_free(mcv_session *s) {
+    if (!s) return MCV_OK;
+    BusyGuard g(s);
+    if (!g.ok) return fail(nullptr, MCV_ERR_BUSY, "session is in use by another thread");
+    if (s->smpl) llama_sampler_free(s->smpl);
+    if (s->lctx) llama_free(s->lctx);
+    s->model->n_sessions--;
+    g.ok = false;  // the guard must not touch freed memory
+    delete s;
+    return MCV_OK;
+}
+
+const char *mcv_session_errmsg(const mcv_session *s) { return s ? s->err.c_str() : mcv_last_error(); }
+
+int mcv_session_reset(mcv_session *s) {
+    clear_thread_error();
+    if (!s) return fail(nullptr, MCV_ERR_INVALID_ARG, "session is NULL");
+    BusyGuard g(s);
+    if (!g.ok) return fail(nullptr, MCV_ERR_BUSY, "session is in use by another thread");
+    llama_memory_clear(llama_get_memory(s->lctx), true);
+    s->evaluated.clear();
+    s->pending.clear();
+    s->open_role = -1;
+    s->open_parts = 0;
+    s->reply_open = s->generating = s->finished = s->needs_reset = false;
+    s->thinking = s->model->fmt.thinking_supported && s->model->fmt.thinking_default;
+    s->n_images = s->n_past = s->n_prefill = s->n_sampled = 0;
+    s->finish = MCV_FINISH_NONE;
+    s->to_decode = -1;
+    s->held.clear();
+    s->ready_valid = false;
+    s->image_encode_ms = s->prefill_ms = s->ttft_ms = s->t_first = s->t_last = 0;
+    return MCV_OK;
+}
+
+int mcv_session_add_text(mcv_session *s, mcv_role role, const char *utf8) {
+    GUARD(s);
+    if (!utf8) return fail(&s->err, MCV_ERR_INVALID_ARG, "text is NULL");
+    if (role < MCV_ROLE_SYSTEM || role > MCV_ROLE_ASSISTANT) return fail(&s->err, MCV_ERR_INVALID_ARG, "unknown role");
+    finish_reply(s);
+    start_part(s, role);
+    s->pending += utf8;
+    return MCV_OK;
+}
+
+int mcv_session_end_turn(mcv_session *s) {
+    GUARD(s);
+    finish_reply(s);
+    close_turn(s);
+    return MCV_OK;
+}
+
+int mcv_session_add_image_bytes(mcv_session *s, const uint8_t *data, size_t size) {
+    GUARD(s);
+    if (!s->model->mctx) return fail(&s->err, MCV_ERR_UNSUPPORTED, "model was loaded without a projector");
+    finish_reply(s);
+    s->cancel.store(false);
+    std::string err;
+    mtmd_bitmap *bm = bitmap_from_bytes(s->model->mctx, data, size, s->model->max_pixels, err);
+    if (!bm) return fail(&s->err, data && size ? MCV_ERR_IMAGE : MCV_ERR_INVALID_ARG, err);
+    return add_image(s, bm);
+}
+
+int mcv_session_add_image_file(mcv_session *s, const char *path) {
+    clear_thread_error();
+    if (!s || !path) return fail(s ? &s->err : nullptr, MCV_ERR_INVALID_ARG, "session or path is NULL");
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return fail(&s->err, MCV_ERR_IO, std::string("cannot open image: ") + path);
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (bytes.empty()) return fail(&s->err, MCV_ERR_IMAGE, std::string("image file is empty: ") + path);
+    return mcv_session_add_image_bytes(s, bytes.data(), bytes.size());
+}
+
+int mcv_session_add_image_rgb(mcv_session *s, const uint8_t *rgb, int32_t w, int32_t h, int32_t stride) {
+    GUARD(s);
+    if (!s->model->mctx) return fail(&s->err, MCV_ERR_UNSUPPORTED, "model was loaded without a projector");
+    finish_reply(s);
+    s->cancel.store(false);
+    std::string err;
+    mtmd_bitmap *bm = bitmap_from_rgb(rgb, w, h, stride, s->model->max_pixels, err);
+    if (!bm) return fail(&s->err, MCV_ERR_INVALID_ARG, err);
+    return add_image(s, bm);
+}
+
+int mcv_session_set_thinking(mcv_session *s, int32_t enabled) {
+    GUARD(s);
+    if (enabled && !s->model->fmt.thinking_supported)
+        return fail(&s->err, MCV_ERR_UNSUPPORTED, s->model->fmt.family + " has no thinking mode");
+    s->thinking = enabled != 0;
+    return MCV_OK;
+}
+
+int mcv_session_prompt_text(mcv_session *s, int32_t with_generation_prefix, char **out) {
+    clear_thread_error();
+    if (!out) return fail(s ? &s->err : nullptr, MCV_ERR_INVALID_ARG, "out is NULL");
+    *out = nullptr;
+    GUARD(s);
+    std::string t = s->evaluated + s->pending;
+    if (with_generation_prefix) {
+        if (s->open_role >= 0) t += s->model->fmt.turn_suffix;
+        t += s->model->fmt.generation_prefix(s->thinking);
+    }
+    char *c = static_cast<char *>(malloc(t.size() + 1));
+    if (!c) return fail(&s->err, MCV_ERR_NO_MEMORY, "out of memory");
+    memcpy(c, t.c_str(), t.size() + 1);
+    *out = c;
+    return MCV_OK;
+}
+
+int mcv_session_stats(const mcv_session *s, mcv_stats *out) {
+    clear_thread_error();
+    if (!s || !out) return fail(nullptr, MCV_ERR_INVALID_ARG, "session or out is NULL");
+    const size_t v1 = offsetof(mcv_stats, finish_reason) + sizeof(int32_t);
+    if (out->struct_size < v1) return fail(nullptr, MCV_ERR_INVALID_ARG, "mcv_stats.struct_size too small");
+    mcv_stats st;
+    memset(&st, 0, sizeof(st));
+    st.struct_size = out->struct_size < sizeof(st) ? out->struct_size : sizeof(st);
+    st.image_encode_ms = s->image_encode_ms;
+    st.prefill_ms = s->prefill_ms;
+    st.prefill_tok_per_s = s->prefill_ms > 0 ? s->n_prefill * 1000.0 / s->prefill_ms : 0;
+    double dt = s->t_last - s->t_first;
+    st.decode_tok_per_s = s->n_sampled > 1 && dt > 0 ? (s->n_sampled - 1) * 1000.0 / dt : 0;
+    st.ttft_ms = s->ttft_ms;
+    st.n_prefill_tokens = s->n_prefill;
+    st.n_decode_tokens = s->n_sampled;
+    st.n_ctx_used = s->n_past;
+    st.n_ctx = (int32_t)llama_n_ctx(s->lctx);
+    st.n_images = s->n_images;
+    st.finish_reason = s->finish;
+    memcpy(out, &st, st.struct_size);
+    return MCV_OK;
+}
+
+}  // extern "C"

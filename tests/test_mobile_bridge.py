@@ -1,0 +1,235 @@
+"""The mobile bridge's C ABI, end to end on the tiny fixtures.
+
+Builds mobile_bridge/ with cmake (cached under ~/.cache/minicpmv-edge, incremental),
+then: the C test program (plain and under ASan+UBSan), ctypes, the JVM test (JNI)
+and the Node test (NAPI), plus prompt-text identity with edge_runtime.prompt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "mobile_bridge" / "python"))
+import mcv_bridge  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not mcv_bridge.have("cmake"), reason="cmake is needed to build the bridge")
+
+OTHER = {"minicpmv-2.6": "minicpmv-4.5", "minicpmv-4.0": "minicpmv-2.6", "minicpmv-4.5": "minicpmv-2.6",
+         "minicpmv-4.6": "minicpmv-4.5"}
+
+
+@pytest.fixture(scope="session")
+def plain_build() -> Path:
+    return mcv_bridge.build("plain")
+
+
+@pytest.fixture(scope="session")
+def bridge(plain_build):
+    lib = mcv_bridge.load_library(plain_build / "libminicpmv_edge_bridge.so")
+    lib.mcv_set_log_callback(None, None)
+    return mcv_bridge.Bridge(lib)
+
+
+@pytest.fixture(scope="session")
+def image_png(tmp_path_factory) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    p = tmp_path_factory.mktemp("img") / "img.png"
+    rgb = (np.random.RandomState(0).rand(300, 400, 3) * 255).astype("uint8")
+    Image.fromarray(rgb).save(p)
+    return p
+
+
+def pair(store, family):
+    r = store.converted(family)
+    return str(r.text_path), str(r.mmproj_path)
+
+
+@pytest.mark.parametrize("family", ["minicpmv-2.6", "minicpmv-4.0", "minicpmv-4.5", "minicpmv-4.6"])
+def test_c_program(store, plain_build, image_png, family):
+    text, mm = pair(store, family)
+    _, other = pair(store, OTHER[family])
+    r = subprocess.run([str(plain_build / "bridge_test"), text, mm, other, str(image_png)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 failure(s)" in r.stdout
+
+
+@pytest.mark.parametrize("family", ["minicpmv-4.5", "minicpmv-4.6"])
+def test_c_program_asan_ubsan(store, image_png, family):
+    build = mcv_bridge.build("asan")
+    text, mm = pair(store, family)
+    _, other = pair(store, OTHER[family])
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+    r = subprocess.run([str(build / "bridge_test"), text, mm, other, str(image_png)], capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+    assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error:" not in r.stderr, r.stderr[-4000:]
+
+
+def test_ctypes_end_to_end(store, bridge, image_png):
+    lib = bridge.lib
+    assert lib.mcv_abi_version() == 1 and lib.mcv_version().decode().count(".") == 2
+    text, mm = pair(store, "minicpmv-4.5")
+    model = bridge.load(text, mm, n_ctx=2048, n_threads=2)
+    s = bridge.session(model)
+    bridge.check(lib.mcv_session_add_image_bytes(s, image_png.read_bytes(), image_png.stat().st_size), s)
+    bridge.check(lib.mcv_session_add_text(s, 1, "What is this?".encode()), s)
+    rc, reply = bridge.generate(s, max_tokens=8)
+    assert rc == 0 and isinstance(reply, str)
+    st = bridge.stats(s)
+    assert st.n_images == 1 and 1 <= st.n_decode_tokens <= 8 and st.image_encode_ms > 0 and st.ttft_ms > 0
+
+    # cancel from another thread once a few pieces arrived
+    bridge.check(lib.mcv_session_add_text(s, 1, b"Go on."), s)
+    got = threading.Event()
+    seen = []
+
+    def on_piece(piece):
+        seen.append(piece)
+        if len(seen) == 3:
+            got.set()
+            threading.Event().wait(0.05)  # give the canceller time to set the flag
+        return False
+
+    t = threading.Thread(target=lambda: (got.wait(30), lib.mcv_session_cancel(s)))
+    t.start()
+    rc, _ = bridge.generate(s, max_tokens=0, on_piece=on_piece)
+    t.join()
+    assert rc == -9 and bridge.stats(s).finish_reason == 5  # MCV_ERR_CANCELLED, MCV_FINISH_CANCELLED
+
+    # pull style, library-owned strings
+    bridge.check(lib.mcv_session_add_text(s, 1, b"Once more."), s)
+    gp = mcv_bridge.GenParams()
+    lib.mcv_gen_params_init(ctypes.byref(gp))
+    gp.max_tokens = 4
+    bridge.check(lib.mcv_session_begin(s, ctypes.byref(gp)), s)
+    pieces = []
+    while True:
+        out = ctypes.c_void_p()
+        rc = lib.mcv_session_next_alloc(s, ctypes.byref(out))
+        if rc == mcv_bridge.DONE:
+            break
+        bridge.check(rc, s)
+        pieces.append(bridge.take_string(out))
+    assert 1 <= len(pieces) <= 4
+
+    # reset, then a second session beside the first
+    bridge.check(lib.mcv_session_reset(s), s)
+    assert bridge.prompt_text(s, with_prefix=False) == "" and bridge.stats(s).n_ctx_used == 0
+    s2 = bridge.session(model)
+    bridge.check(lib.mcv_session_add_image_file(s2, str(image_png).encode()), s2)
+    assert bridge.generate(s2, max_tokens=3)[0] == 0
+    assert lib.mcv_model_free(model) == -14  # sessions alive: MCV_ERR_STATE
+    assert lib.mcv_session_free(s2) == 0 and lib.mcv_session_free(s) == 0
+    assert lib.mcv_model_free(model) == 0
+
+
+def test_ctypes_bad_input(store, bridge, image_png):
+    lib = bridge.lib
+    text, mm = pair(store, "minicpmv-4.5")
+    _, mm26 = pair(store, "minicpmv-2.6")
+    cases = [((text, mm26), -5, "minicpmv-2.6"), (("/no/such.gguf", mm), -2, "cannot open"),
+             ((text, str(image_png)), -4, "projector"), ((mm, None), -3, "text model")]
+    for (t, m), code, words in cases:
+        with pytest.raises(mcv_bridge.BridgeError) as e:
+            bridge.load(t, m)
+        assert e.value.code == code and words in str(e.value), (t, m, str(e.value))
+    p = mcv_bridge.ModelParams()
+    lib.mcv_model_params_init(ctypes.byref(p))
+    p.struct_size = 4
+    out = ctypes.c_void_p()
+    assert lib.mcv_model_load(text.encode(), mm.encode(), ctypes.byref(p), ctypes.byref(out)) == -1
+    assert b"struct_size" in lib.mcv_last_error() and not out.value
+    assert lib.mcv_session_add_text(None, 1, b"x") == -1
+    model = bridge.load(text, mm)
+    s = bridge.session(model)
+    junk = os.urandom(64)
+    for data, code in ((b"\xff\xd8\xff" + junk, -7), (junk, -7), (b"", -1)):
+        assert lib.mcv_session_add_image_bytes(s, data, len(data)) == code
+        assert lib.mcv_session_errmsg(s)
+    assert lib.mcv_session_add_image_rgb(s, b"\0" * 12, 2, 2, 5) == -1  # stride < 3*w
+    assert lib.mcv_session_set_thinking(s, 1) == 0
+    assert bridge.prompt_text(s, with_prefix=False) == ""
+    lib.mcv_session_free(s)
+    lib.mcv_model_free(model)
+    # a model without thinking refuses to enable it
+    model = bridge.load(*pair(store, "minicpmv-2.6"))
+    s = bridge.session(model)
+    assert lib.mcv_session_set_thinking(s, 1) == -13
+    lib.mcv_session_free(s)
+    lib.mcv_model_free(model)
+
+
+def python_prompt(fmt, turns, marker: str, thinking: bool) -> str:
+    """The same conversation through edge_runtime.prompt.PromptFormat."""
+    out = ""
+    if turns[0][0] != "system" and fmt.default_system:
+        out += fmt.turn("system", fmt.default_system)
+    n_img = 0
+    for role, parts in turns:
+        items = []
+        for p in parts:
+            if p is None:
+                items.append(fmt.image_placeholder(marker, n_img))
+                n_img += 1
+            else:
+                items.append(p)
+        out += fmt.turn(role, fmt.separator.join(items))
+    return out + fmt.generation_prefix(thinking)
+
+
+CONVERSATIONS = [
+    [("user", [None, "What is in the image?"])],
+    [("system", ["You are terse."]), ("user", ["Hi", None, "and", None]), ("assistant", ["Two images."]),
+     ("user", ["Which is brighter? 图片 🦊"])],
+    [("user", ["plain text, no image"])],
+]
+
+
+@pytest.mark.parametrize("family", ["minicpmv-2.6", "minicpmv-4.0", "minicpmv-4.5", "minicpmv-4.6"])
+def test_prompt_text_matches_python(store, bridge, image_png, family):
+    from edge_runtime.prompt import PromptFormat
+    from minicpmv_edge.gguf_info import read_info
+
+    text, mm = pair(store, family)
+    fmt = PromptFormat.from_gguf(read_info(text, tensors=False))
+    marker = "<__media__>"  # mtmd_default_marker()
+    model = bridge.load(text, mm, n_ctx=2048)
+    s = bridge.session(model)
+    lib = bridge.lib
+    try:
+        for conv in CONVERSATIONS:
+            for thinking in ([False, True] if fmt.thinking_supported else [False]):
+                bridge.check(lib.mcv_session_reset(s), s)
+                bridge.check(lib.mcv_session_set_thinking(s, int(thinking)), s)
+                for role, parts in conv:
+                    if role != "user":
+                        bridge.check(lib.mcv_session_end_turn(s), s)
+                    for p in parts:
+                        rc = (lib.mcv_session_add_image_file(s, str(image_png).encode()) if p is None
+                              else lib.mcv_session_add_text(s, mcv_bridge.ROLE[role], p.encode()))
+                        bridge.check(rc, s)
+                assert bridge.prompt_text(s) == python_prompt(fmt, conv, marker, thinking)
+        # after a generated reply the transcript is prefix + reply + suffix, as Python renders it
+        bridge.check(lib.mcv_session_reset(s), s)
+        bridge.check(lib.mcv_session_add_text(s, 1, b"Hello"), s)
+        _, reply = bridge.generate(s, max_tokens=5)
+        bridge.check(lib.mcv_session_add_text(s, 1, b"Again"), s)
+        want = python_prompt(fmt, [("user", ["Hello"])], marker, False) + reply + fmt.turn_suffix + \
+            fmt.turn("user", "Again") + fmt.generation_prefix(False)
+        if bridge.stats(s).finish_reason in (1, 3):  # EOG / length: every emitted piece is in the KV cache
+            assert bridge.prompt_text(s) == want
+    finally:
+        lib.mcv_session_free(s)
+        lib.mcv_model_free(model)
