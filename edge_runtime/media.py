@@ -99,12 +99,12 @@ def load_image(src, limits: MediaLimits = MediaLimits(), name: str | None = None
 
 def _checked(rgb: np.ndarray, limits: MediaLimits, label: str) -> Image:
     h, w = rgb.shape[:2]
-    if h < MIN_SIDE or w < MIN_SIDE:
-        raise MediaError(f"image is {w}x{h}; both sides must be at least {MIN_SIDE} pixels", label)
     if w * h > limits.max_pixels:
         raise MediaError(f"image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_pixels}", label)
     if max(w / h, h / w) > limits.max_aspect:
         raise MediaError(f"image is {w}x{h}: aspect ratio over {limits.max_aspect:g}:1 is not supported", label)
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise MediaError(f"image is {w}x{h}; both sides must be at least {MIN_SIDE} pixels", label)
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     digest = hashlib.blake2b(rgb.tobytes(), digest_size=16, person=str(rgb.shape).encode()[:16]).hexdigest()
     return Image(rgb, digest)
@@ -139,7 +139,8 @@ def video_frames(path, fps: float = 1.0, max_frames: int = 16, limits: MediaLimi
                 stamps.append((t, frame))
         except av.error.FFmpegError as exc:
             if not stamps:
-                raise MediaError(f"cannot decode video ({exc})", path) from None
+                why = "no decoder for this video's codec" if "Decoder not found" in str(exc) else f"cannot decode ({exc})"
+                raise MediaError(why, path) from None
     if not stamps:
         raise MediaError("video has no frames", path)
     duration = stamps[-1][0] + 1e-6

@@ -59,11 +59,16 @@ def build(variant: str = "plain", jni: bool = False) -> Path:
             "-DCMAKE_BUILD_TYPE=" + ("Debug" if variant == "asan" else "RelWithDebInfo"),
             "-DMCV_SANITIZE=" + ("ON" if variant == "asan" else "OFF"),
             "-DMCV_BUILD_JNI=" + ("ON" if jni else "OFF")]
-    if not (out / "CMakeCache.txt").exists():
-        subprocess.run(args, check=True, capture_output=True, text=True)
-    subprocess.run(["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)], check=True,
-                   capture_output=True, text=True)
+    if not (out / "Makefile").exists():
+        _run(args)
+    _run(["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)])
     return out
+
+
+def _run(cmd: list[str]) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
 
 
 def have(tool: str) -> bool:
