@@ -112,6 +112,7 @@ class Model:
         params.use_mmap = bool(use_mmap)
         params.vocab_only = bool(vocab_only)
         params.use_extra_bufts = (not cpu_has_amx()) if extra_buffers is None else bool(extra_buffers)
+        self.params = params  # what llama.cpp was given (tests and --verbose read it)
         self._L = L
         self.path = str(path)
         self.ptr = L.llama_model_load_from_file(self.path.encode(), params)
@@ -314,6 +315,7 @@ class Vision:
         params.warmup = bool(warmup)
         if image_max_tokens > 0:
             params.image_max_tokens = int(image_max_tokens)
+        self.params = params
         self.marker = M.mtmd_default_marker().decode()
         self.model = model
         self.ptr = M.mtmd_init_from_file(str(mmproj_path).encode(), model.ptr, params)

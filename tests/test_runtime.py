@@ -159,3 +159,17 @@ def test_cli_run_json_is_reproducible(store):
     assert outs[0]["text"] == outs[1]["text"]
     t = outs[0]["timings"]
     assert t["image_encode_ms"] and t["prefill_tok_s"] > 0 and t["peak_rss_mb"] > 0 and t["load_ms"] > 0
+
+
+def test_offload_flags_reach_llama_cpp(store):
+    """Metal/CUDA cannot run here; the flags must still arrive in llama.cpp's param structs."""
+    res = store.converted("minicpmv-2.6")
+    m = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=256, n_threads=2, n_gpu_layers=99, mmproj_gpu=True,
+                 use_mmap=True)
+    assert m.model.params.n_gpu_layers == 99 and m.model.params.use_mmap
+    assert m.vision.params.use_gpu is True and m.vision.params.n_threads == 2
+    assert m._ctx.n_threads == 2
+    m.close()
+    from edge_runtime.engine import physical_cores
+
+    assert 1 <= physical_cores() <= (__import__("os").cpu_count() or 1)

@@ -49,16 +49,28 @@ def sdist_dir() -> Path:
     return CACHE / f"llama_cpp_python-{ver}"
 
 
-def build(variant: str = "plain", jni: bool = False) -> Path:
+def napi_headers() -> Path:
+    """Node-API headers from npm (node-api-headers), installed once into the cache."""
+    d = CACHE / "napi"
+    inc = d / "node_modules/node-api-headers/include"
+    if not (inc / "node_api.h").exists():
+        d.mkdir(parents=True, exist_ok=True)
+        _run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(d), "node-api-headers@1"])
+    return inc
+
+
+def build(variant: str = "plain", jni: bool = False, napi: bool = False) -> Path:
     """variant: 'plain' (RelWithDebInfo) or 'asan' (-fsanitize=address,undefined)."""
-    out = CACHE / f"bridge-{variant}{'-jni' if jni else ''}"
+    out = CACHE / f"bridge-{variant}{'-jni' if jni else ''}{'-napi' if napi else ''}"
     sd = sdist_dir()
     args = ["cmake", "-S", str(BRIDGE_DIR), "-B", str(out), f"-DMCV_PYTHON={sys.executable}",
             f"-DMCV_SDIST_DIR={sd}", f"-DMCV_LLAMA_SRC_DIR={sd / 'vendor/llama.cpp'}",
             f"-DMCV_LLAMA_LIB_DIR={llama_lib_dir()}",
             "-DCMAKE_BUILD_TYPE=" + ("Debug" if variant == "asan" else "RelWithDebInfo"),
             "-DMCV_SANITIZE=" + ("ON" if variant == "asan" else "OFF"),
-            "-DMCV_BUILD_JNI=" + ("ON" if jni else "OFF")]
+            "-DMCV_BUILD_JNI=" + ("ON" if jni else "OFF"), "-DMCV_BUILD_NAPI=" + ("ON" if napi else "OFF")]
+    if napi:
+        args.append(f"-DMCV_NAPI_INCLUDE={napi_headers()}")
     if not (out / "Makefile").exists():
         _run(args)
     _run(["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)])
