@@ -155,7 +155,7 @@ def bench_int4(work: Path) -> list[dict]:
     for label, sym in (("gptq-sym-g32", True), ("gptq-asym-g32", False)):
         d = base / label
         ref = make_int4_checkpoint(ckpt, d / "ckpt", "gptq", sym=sym, group=32)
-        repacked = convert(d / "ckpt", d / "repack").text_path
+        repacked = convert(d / "ckpt", d / "repack", outtype="f32").text_path  # only int4 tensors differ
         reference = convert(_float_checkpoint(ckpt, d / "float", ref), d / "ref", outtype="f32").text_path
         qt = "Q4_0" if sym else "Q4_1"
         requant = quantize_text(reference, d / f"requant-{qt}.gguf", qt).path

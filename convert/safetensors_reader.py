@@ -167,6 +167,14 @@ class Checkpoint:
             raw = bf16_to_f32(raw)
         return np.asarray(raw, dtype=dtype)
 
+    def load_rows(self, name: str, start: int, stop: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """Rows [start, stop) of a tensor (first axis), materialised as `dtype`."""
+        ref = self.refs[name]
+        raw = self.raw(name)[start:stop]
+        if ref.dtype == "BF16":
+            raw = bf16_to_f32(raw)
+        return np.asarray(raw, dtype=dtype)
+
     def total_bytes(self) -> int:
         return sum(r.end - r.start for r in self.refs.values())
 

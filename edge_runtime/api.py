@@ -203,7 +203,9 @@ class MiniCPMV:
              seed: int = 0, stop: list[str] | tuple[str, ...] = ()):
         sampling = SamplingOptions(temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty,
                                    seed=seed, max_tokens=max_tokens, stop=tuple(stop)).validated()
-        turns = normalize(messages, self.limits)
+        # a list of Turns was normalized already (the server decodes images before queueing)
+        turns = list(messages) if messages and all(isinstance(m, Turn) for m in messages) \
+            else normalize(messages, self.limits)
         prompt, bitmaps = self.build_prompt(turns, enable_thinking)
         gen = self._generate(prompt, bitmaps, sampling, enable_thinking)
         if stream:

@@ -27,9 +27,13 @@ OTHER = {"minicpmv-2.6": "minicpmv-4.5", "minicpmv-4.0": "minicpmv-2.6", "minicp
          "minicpmv-4.6": "minicpmv-4.5"}
 
 
+HAVE_JAVA = mcv_bridge.have("javac") and mcv_bridge.have("java")
+HAVE_NODE = mcv_bridge.have("node") and mcv_bridge.have("npm")
+
+
 @pytest.fixture(scope="session")
 def plain_build() -> Path:
-    return mcv_bridge.build("plain")
+    return mcv_bridge.build("plain", jni=HAVE_JAVA, napi=HAVE_NODE)
 
 
 @pytest.fixture(scope="session")
@@ -228,8 +232,50 @@ def test_prompt_text_matches_python(store, bridge, image_png, family):
         bridge.check(lib.mcv_session_add_text(s, 1, b"Again"), s)
         want = python_prompt(fmt, [("user", ["Hello"])], marker, False) + reply + fmt.turn_suffix + \
             fmt.turn("user", "Again") + fmt.generation_prefix(False)
-        if bridge.stats(s).finish_reason in (1, 3):  # EOG / length: every emitted piece is in the KV cache
+        # EOG / length: every emitted piece is in the KV cache; U+FFFD marks bytes the reply had to repair
+        if bridge.stats(s).finish_reason in (1, 3) and "\ufffd" not in reply:
             assert bridge.prompt_text(s) == want
     finally:
         lib.mcv_session_free(s)
         lib.mcv_model_free(model)
+
+
+def _jvm_args(store, image_png, family="minicpmv-4.5"):
+    text, mm = pair(store, family)
+    return [text, mm, pair(store, OTHER[family])[1], str(image_png)]
+
+
+@pytest.mark.skipif(not HAVE_JAVA, reason="JDK (javac, java) not installed")
+def test_jvm_java(store, plain_build, image_png, tmp_path):
+    android = ROOT / "mobile_bridge" / "android"
+    srcs = [str(p) for p in (android / "src/main/java/org/minicpmv/edge").glob("*.java")]
+    subprocess.run(["javac", "-d", str(tmp_path), *srcs, str(android / "test/BridgeTest.java")], check=True,
+                   capture_output=True, text=True)
+    r = subprocess.run(["java", f"-Djava.library.path={plain_build}", "-cp", str(tmp_path), "BridgeTest",
+                        *_jvm_args(store, image_png)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "java: 0 failure(s)" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+@pytest.mark.skipif(not (HAVE_JAVA and mcv_bridge.have("kotlinc")), reason="kotlinc not installed (apt-get install kotlin)")
+def test_jvm_kotlin(store, plain_build, image_png, tmp_path):
+    android = ROOT / "mobile_bridge" / "android"
+    jcls, kcls = tmp_path / "j", tmp_path / "k"
+    srcs = [str(p) for p in (android / "src/main/java/org/minicpmv/edge").glob("*.java")]
+    subprocess.run(["javac", "-d", str(jcls), *srcs], check=True, capture_output=True, text=True)
+    subprocess.run(["kotlinc", "-nowarn", "-cp", str(jcls), str(android / "src/main/kotlin/org/minicpmv/edge/MiniCpmvEngine.kt"),
+                    str(android / "test/BridgeTestMain.kt"), "-d", str(kcls)], check=True, capture_output=True, text=True)
+    r = subprocess.run(["kotlin", f"-Djava.library.path={plain_build}", "-cp", f"{jcls}:{kcls}", "BridgeTestMainKt",
+                        *_jvm_args(store, image_png)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "kotlin: 0 failure(s)" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+@pytest.mark.skipif(not HAVE_NODE, reason="node/npm not installed")
+@pytest.mark.parametrize("family", ["minicpmv-4.5", "minicpmv-4.6"])
+def test_node_napi(store, plain_build, image_png, tmp_path, family):
+    out = tmp_path / "node.log"  # a file, not a pipe: node writes files synchronously
+    with open(out, "w") as f:
+        r = subprocess.run(["node", str(ROOT / "mobile_bridge/harmonyos/test/bridge_test.js"),
+                            str(plain_build / "minicpmv_edge_napi.node"), *_jvm_args(store, image_png, family)],
+                           stdout=f, stderr=subprocess.DEVNULL, timeout=300)
+    log = out.read_text()
+    assert r.returncode == 0 and "node: 0 failure(s)" in log, log

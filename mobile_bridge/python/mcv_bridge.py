@@ -61,7 +61,7 @@ def napi_headers() -> Path:
 
 def build(variant: str = "plain", jni: bool = False, napi: bool = False) -> Path:
     """variant: 'plain' (RelWithDebInfo) or 'asan' (-fsanitize=address,undefined)."""
-    out = CACHE / f"bridge-{variant}{'-jni' if jni else ''}{'-napi' if napi else ''}"
+    out = CACHE / f"bridge-{variant}"
     sd = sdist_dir()
     args = ["cmake", "-S", str(BRIDGE_DIR), "-B", str(out), f"-DMCV_PYTHON={sys.executable}",
             f"-DMCV_SDIST_DIR={sd}", f"-DMCV_LLAMA_SRC_DIR={sd / 'vendor/llama.cpp'}",
@@ -71,8 +71,7 @@ def build(variant: str = "plain", jni: bool = False, napi: bool = False) -> Path
             "-DMCV_BUILD_JNI=" + ("ON" if jni else "OFF"), "-DMCV_BUILD_NAPI=" + ("ON" if napi else "OFF")]
     if napi:
         args.append(f"-DMCV_NAPI_INCLUDE={napi_headers()}")
-    if not (out / "Makefile").exists():
-        _run(args)
+    _run(args)  # re-configuring is cheap and picks up changed options
     _run(["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)])
     return out
 

@@ -38,6 +38,35 @@ size_t releasable(const std::string &held, const std::vector<std::string> &stops
     return n - keep;
 }
 
+// Released text is valid UTF-8: a byte that does not start a well-formed sequence (random
+// weights, a reply cut inside a character) becomes U+FFFD. The transcript keeps raw bytes.
+std::string valid_utf8(const std::string &in) {
+    std::string out;
+    out.reserve(in.size());
+    for (size_t i = 0; i < in.size();) {
+        unsigned char c = (unsigned char)in[i];
+        size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = n > 0 && i + n <= in.size() && !(n == 2 && c < 0xC2) && !(n == 4 && c > 0xF4);
+        for (size_t k = 1; ok && k < n; k++) ok = ((unsigned char)in[i + k] & 0xC0) == 0x80;
+        if (ok && n == 3) {
+            unsigned char d = (unsigned char)in[i + 1];
+            ok = !(c == 0xE0 && d < 0xA0) && !(c == 0xED && d >= 0xA0);  // overlong, surrogates
+        }
+        if (ok && n == 4) {
+            unsigned char d = (unsigned char)in[i + 1];
+            ok = !(c == 0xF0 && d < 0x90) && !(c == 0xF4 && d >= 0x90);
+        }
+        if (ok) {
+            out.append(in, i, n);
+            i += n;
+        } else {
+            out += "\xEF\xBF\xBD";
+            i++;
+        }
+    }
+    return out;
+}
+
 void end_with(mcv_session *s, int reason) {
     s->finished = true;
     s->finish = reason;
@@ -109,6 +138,7 @@ int step(mcv_session *s) {
             s->ready_valid = true;
         }
     }
+    s->ready = valid_utf8(s->ready);
     if (s->ttft_ms == 0) s->ttft_ms = now_ms() - s->t_begin;
     return MCV_OK;
 }

@@ -116,6 +116,7 @@ struct Job {
     mcv_model *model = nullptr;
     int rc = 0;
     std::string err;
+    int refs = 1;  // Generate: 2 (complete + the last tsfn message, in either order; JS thread only)
 };
 
 struct Piece {  // one message through the threadsafe function
@@ -125,7 +126,7 @@ struct Piece {  // one message through the threadsafe function
 };
 
 void settle(napi_env env, Job *j) {
-    if (j->rc < 0) {
+    if (j->rc < 0 && !(j->kind == Kind::Generate && j->rc == MCV_ERR_CANCELLED)) {  // cancel resolves
         napi_reject_deferred(env, j->deferred, make_error(env, j->rc, j->err));
         return;
     }
@@ -170,18 +171,16 @@ void execute(napi_env, void *data) {  // libuv worker thread: no napi_* calls ex
 void complete(napi_env env, napi_status, void *data) {
     auto *j = static_cast<Job *>(data);
     napi_delete_async_work(env, j->work);
-    if (j->kind != Kind::Generate) {
-        settle(env, j);
-        delete j;
-    }  // a Generate job is settled and freed by its last tsfn message
+    if (j->kind != Kind::Generate) settle(env, j);  // a Generate job settles from its last tsfn message
+    if (--j->refs == 0) delete j;
 }
 
 void call_js(napi_env env, napi_value cb, void *, void *data) {
     auto *msg = static_cast<Piece *>(data);
     Job *j = msg->job;
-    if (env && msg->done) {
-        settle(env, j);
-        delete j;
+    if (msg->done) {
+        if (env) settle(env, j);
+        if (--j->refs == 0) delete j;
     } else if (env) {
         napi_value s, undef;
         napi_create_string_utf8(env, msg->text.data(), msg->text.size(), &s);
@@ -311,6 +310,7 @@ napi_value Generate(napi_env env, napi_callback_info info) {  // (s, opts, onTok
         return nullptr;
     }
     auto *j = new Job{Kind::Generate};
+    j->refs = 2;
     j->s = s;
     mcv_gen_params_init(&j->gp);
     j->gp.max_tokens = int_prop(env, a[1], "maxTokens", j->gp.max_tokens);
