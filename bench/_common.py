@@ -40,8 +40,10 @@ class RunResult:
     peak_anon_bytes: int  # largest RssAnon seen while polling (heap, numpy arrays)
     peak_file_bytes: int  # largest RssFile seen while polling (mmap'ed inputs, libraries)
     samples: int
-    stdout_tail: str = ""
-    stderr_tail: str = ""
+    load_before: float = 0.0  # 1-minute load average when the run started / ended: other work on the
+    load_after: float = 0.0   # machine inflates wall time (CPU time much less so)
+    stdout_tail: str = ""  # stdout and stderr together, interleaved as written
+    stderr_tail: str = ""  # always empty (kept for callers of the first version)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +80,7 @@ def run_measured(cmd: Sequence[str], *, env: dict | None = None, cwd: str | os.P
         os.close(fd)
     peak_anon = peak_file = 0
     samples = 0
+    load_before = loadavg()
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
@@ -101,8 +104,25 @@ def run_measured(cmd: Sequence[str], *, env: dict | None = None, cwd: str | os.P
         cmd=list(cmd), returncode=proc.returncode, wall_s=wall, cpu_s=ru.ru_utime + ru.ru_stime,
         maxrss_bytes=ru.ru_maxrss * 1024,  # Linux reports KiB
         peak_anon_bytes=peak_anon, peak_file_bytes=peak_file, samples=samples,
-        stdout_tail=text[-tail_chars:], stderr_tail="",
+        load_before=load_before, load_after=loadavg(), stdout_tail=text[-tail_chars:],
     )
+
+
+def loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def git_state(repo: str | os.PathLike, paths: Sequence[str] = ()) -> str:
+    """`<short commit>` plus `+uncommitted changes in ...` when `paths` differ from it."""
+    def git(*a):
+        return subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths) if paths else ""
+    return head + (f" + uncommitted changes in {', '.join(paths)}" if dirty else "")
 
 
 def read_files(paths: Sequence[os.PathLike | str], chunk: int = 16 * MiB) -> tuple[int, float]:
@@ -194,4 +214,4 @@ def python_exe() -> str:
 
 
 __all__ = ["RunResult", "run_measured", "read_files", "machine_description", "fmt_bytes", "table", "MB", "MiB",
-           "python_exe"]
+           "python_exe", "loadavg", "git_state"]

@@ -35,6 +35,10 @@ What it does (a script, not a test; nothing here is imported by the package):
    the converters then run back to back on a warm cache; dirty pages are flushed
    (`sync`, untimed) before every run and outputs are deleted after it.
 
+With --candidate DIR, our converter also runs from DIR (cwd DIR, so DIR/convert
+shadows the repo's package; minicpmv_edge still comes from the install): a way to
+time a proposed converter change against the current one in the same session.
+
 Prints a table and the ratio lines; --json writes all numbers.
 """
 
@@ -58,7 +62,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MB, RunResult, fmt_bytes, machine_description, python_exe, read_files, run_measured, table  # noqa: E402
+from _common import (MB, RunResult, fmt_bytes, git_state, machine_description, python_exe, read_files,  # noqa: E402
+                     run_measured, table)
 
 REAL_45_LAYERS = 36
 VOCAB = 151748
@@ -272,7 +277,8 @@ def _out_bytes(d: Path) -> int:
     return sum(f.stat().st_size for f in d.glob("*.gguf"))
 
 
-def measure(label: str, cmds: list[list[str]], out: Path, env=None, log_dir: Path | None = None) -> dict:
+def measure(label: str, cmds: list[list[str]], out: Path, env=None, log_dir: Path | None = None,
+            cwd: Path = REPO) -> dict:
     """Run cmds one after another into `out` (fresh); returns summed wall/CPU, max RSS."""
     if out.exists():
         shutil.rmtree(out)
@@ -281,7 +287,7 @@ def measure(label: str, cmds: list[list[str]], out: Path, env=None, log_dir: Pat
     for i, cmd in enumerate(cmds):
         os.sync()
         log_path = (log_dir / f"{label.replace(' ', '_')}-{i}.log") if log_dir else None
-        r = run_measured(cmd, env=env, cwd=REPO, log_path=log_path)
+        r = run_measured(cmd, env=env, cwd=cwd, log_path=log_path)
         runs.append(r)
         if not r.ok:
             raise SystemExit(f"{label}: command failed (rc {r.returncode}): {' '.join(cmd)}\n{r.stdout_tail}")
@@ -293,8 +299,10 @@ def measure(label: str, cmds: list[list[str]], out: Path, env=None, log_dir: Pat
         "peak_anon": max(r.peak_anon_bytes for r in runs),
         "peak_file": max(r.peak_file_bytes for r in runs),
         "out_bytes": _out_bytes(out),
+        "load": max(max(r.load_before, r.load_after) for r in runs),
         "parts": [{"cmd": r.cmd, "wall_s": r.wall_s, "cpu_s": r.cpu_s, "maxrss": r.maxrss_bytes,
-                   "peak_anon": r.peak_anon_bytes, "peak_file": r.peak_file_bytes} for r in runs],
+                   "peak_anon": r.peak_anon_bytes, "peak_file": r.peak_file_bytes,
+                   "load_before": r.load_before, "load_after": r.load_after} for r in runs],
     }
     shutil.rmtree(out)
     os.sync()
@@ -320,6 +328,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per converter and input (best time is reported)")
     ap.add_argument("--skip-llama", action="store_true", help="only time our converter")
     ap.add_argument("--llama-cpp", help="llama.cpp source dir (default: the installed llama-cpp-python's sdist)")
+    ap.add_argument("--candidate", metavar="DIR", help="also run our converter from DIR (DIR/convert shadows the "
+                                                       "repo's package), e.g. a tree with a proposed change")
     ap.add_argument("--clean", action="store_true", help="delete the generated checkpoints at the end")
     ap.add_argument("--json", help="write all numbers to this JSON file")
     args = ap.parse_args(argv)
@@ -337,6 +347,10 @@ def main(argv=None) -> int:
     for k, v in mach.items():
         print(f"  {k:9} {v}")
     print(f"  outputs  {out_root.parent}")
+    mach["repo"] = git_state(REPO, ["convert"])
+    print(f"  repo     {mach['repo']}")
+    if args.candidate:
+        print(f"  candidate convert/ from {args.candidate}")
 
     print("checkpoints:")
     N = args.layers
@@ -367,28 +381,34 @@ def main(argv=None) -> int:
         return [base + ["--no-mtp", "--outfile", str(out / "text-f16.gguf")],
                 base + ["--mmproj", "--outfile", str(out / "mmproj-f16.gguf")]]
 
-    jobs = [("ours 4.5", f"v45-L{N}", ck45, b45, ours, None)]
-    if ck45b:
-        jobs.append(("ours 4.5", f"v45-L{2 * N}", ck45b, b45b, ours, None))
-    jobs.append(("ours 4.6", f"v46-L{M}", ck46, b46, ours, None))
+    cand = Path(args.candidate).resolve() if args.candidate else None
+    jobs = []
+    for src, inp, nb, fam in [(ck45, f"v45-L{N}", b45, "4.5"), (ck45b, f"v45-L{2 * N}", b45b, "4.5"),
+                              (ck46, f"v46-L{M}", b46, "4.6")]:
+        if src is None:
+            continue
+        jobs.append((f"ours {fam}", inp, src, nb, ours, None, REPO))
+        if cand:
+            jobs.append((f"candidate {fam}", inp, src, nb, ours, None, cand))
     if llama:
-        jobs.append(("llama.cpp 4.6", f"v46-L{M}", ck46, b46, theirs, lenv))
+        jobs.append(("llama.cpp 4.6", f"v46-L{M}", ck46, b46, theirs, lenv, REPO))
 
     print("runs (warm page cache; each input read once first; sync before each run):")
     results: dict[tuple[str, str], list[dict]] = {}
     warmed: set[Path] = set()
     for rep in range(args.repeat):
-        for label, inp, src, nb, mk, env in jobs:
+        for label, inp, src, nb, mk, env, cwd in jobs:
             if src not in warmed:
                 n, dt = read_files(sorted(src.glob("*.safetensors")))
                 print(f"  warm-read {inp}: {fmt_bytes(n)} in {dt:.1f} s ({n / MB / dt:,.0f} MB/s)")
                 warmed.add(src)
-            r = measure(f"{label} {inp}", mk(src, out_root), out_root, env=env, log_dir=logs)
+            r = measure(f"{label} {inp}", mk(src, out_root), out_root, env=env, log_dir=logs, cwd=cwd)
             r.update(input=inp, src_bytes=nb, repeat=rep)
             results.setdefault((label, inp), []).append(r)
             print(f"  [{rep + 1}/{args.repeat}] {label:14} {inp:8} {r['wall_s']:7.1f} s  "
                   f"{nb / MB / r['wall_s']:6.0f} MB/s  peak RSS {r['maxrss'] / MB:6.0f} MB "
-                  f"(anon {r['peak_anon'] / MB:.0f}, file {r['peak_file'] / MB:.0f})")
+                  f"(anon {r['peak_anon'] / MB:.0f}, file {r['peak_file'] / MB:.0f})  CPU {r['cpu_s']:.1f} s  "
+                  f"load {r['load']:.1f}")
 
     best = {k: best_of(v) for k, v in results.items()}
     rows = []
@@ -396,40 +416,50 @@ def main(argv=None) -> int:
         rows.append([label, inp, fmt_bytes(r["src_bytes"]), f"{r['wall_s']:.1f}",
                      f"{r['src_bytes'] / MB / r['wall_s']:.0f}", f"{r['cpu_s']:.1f}",
                      f"{r['maxrss'] / MB:,.0f}", f"{r['peak_anon'] / MB:,.0f}", f"{r['peak_file'] / MB:,.0f}",
-                     fmt_bytes(r["out_bytes"])])
+                     fmt_bytes(r["out_bytes"]), f"{r['load']:.1f}"])
     print()
     print(table(rows, ["converter", "input", "source", "wall s", "MB/s", "CPU s", "peak RSS MB",
-                       "anon MB", "file MB", "output"]))
-    print()
+                       "anon MB", "file MB", "output", "load"]))
+    print("(peak RSS = ru_maxrss of the child, file-backed pages included; anon / file = largest RssAnon /"
+          " RssFile seen polling /proc every 20 ms; load = highest 1-min load average at start/end of the run)")
     if args.repeat > 1:
         print(f"(best wall time of {args.repeat} runs, largest RSS of any run)")
+    print()
 
     summary = {}
     o46 = best[("ours 4.6", f"v46-L{M}")]
     if llama:
         l46 = best[("llama.cpp 4.6", f"v46-L{M}")]
         speed = l46["wall_s"] / o46["wall_s"]
-        line = (f"ours vs llama.cpp (same 4.6 input, {fmt_bytes(b46)}): speed {speed:.2f}x, "
+        line = (f"ours vs llama.cpp (same 4.6 input, {fmt_bytes(b46)}): speed {speed:.2f}x "
+                f"(CPU time {l46['cpu_s'] / o46['cpu_s']:.2f}x), "
                 f"RSS ours {o46['maxrss'] / MB:,.0f} MB vs {l46['maxrss'] / MB:,.0f} MB")
         print(line)
         summary["ratio_line"] = line
         summary["speedup"] = speed
-    o45 = best[("ours 4.5", f"v45-L{N}")]
-    per_byte = o45["wall_s"] * b45_full / b45
-    ext = f"per-byte ~{per_byte:.0f} s"
-    if ck45b:
-        o45b = best[("ours 4.5", f"v45-L{2 * N}")]
-        per_layer = (o45b["wall_s"] - o45["wall_s"]) / N
-        fit = o45["wall_s"] + (REAL_45_LAYERS - N) * per_layer
-        ext = f"~{fit:.0f} s ({per_layer:.2f} s/layer from {N}->{2 * N} layers; {ext})"
-        summary["extrapolated_full_s"] = fit
-    else:
-        summary["extrapolated_full_s"] = per_byte
-    line = (f"ours on 4.5 shapes ({N} layers, {fmt_bytes(b45)}): {o45['wall_s']:.1f} s, "
-            f"{b45 / MB / o45['wall_s']:.0f} MB/s, peak RSS {o45['maxrss'] / MB:,.0f} MB; "
-            f"extrapolated full {REAL_45_LAYERS} layers ({fmt_bytes(b45_full)}): {ext}")
-    print(line)
-    summary["ours45_line"] = line
+        if cand:
+            c46 = best[("candidate 4.6", f"v46-L{M}")]
+            line = (f"candidate vs llama.cpp (same 4.6 input): speed {l46['wall_s'] / c46['wall_s']:.2f}x "
+                    f"(CPU time {l46['cpu_s'] / c46['cpu_s']:.2f}x), RSS candidate {c46['maxrss'] / MB:,.0f} MB "
+                    f"vs {l46['maxrss'] / MB:,.0f} MB")
+            print(line)
+            summary["candidate_ratio_line"] = line
+    for who in ["ours"] + (["candidate"] if cand else []):
+        o45 = best[(f"{who} 4.5", f"v45-L{N}")]
+        per_byte = o45["wall_s"] * b45_full / b45
+        ext = f"per-byte ~{per_byte:.0f} s"
+        full = per_byte
+        if ck45b:
+            o45b = best[(f"{who} 4.5", f"v45-L{2 * N}")]
+            per_layer = (o45b["wall_s"] - o45["wall_s"]) / N
+            full = o45["wall_s"] + (REAL_45_LAYERS - N) * per_layer
+            ext = f"~{full:.0f} s ({per_layer:.2f} s/layer from {N}->{2 * N} layers; {ext})"
+        line = (f"{who} on 4.5 shapes ({N} layers, {fmt_bytes(b45)}): {o45['wall_s']:.1f} s, "
+                f"{b45 / MB / o45['wall_s']:.0f} MB/s, peak RSS {o45['maxrss'] / MB:,.0f} MB; "
+                f"extrapolated full {REAL_45_LAYERS} layers ({fmt_bytes(b45_full)}): {ext}")
+        print(line)
+        summary[f"{who}45_line"] = line
+        summary[f"{who}_extrapolated_full_s"] = full
 
     if args.json:
         Path(args.json).write_text(json.dumps({

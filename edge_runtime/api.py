@@ -45,6 +45,9 @@ class LoadOptions:
     max_slices: int | None = None  # cap on LLaVA-UHD slices per image (default: the model's)
     image_max_pixels: int = MediaLimits.max_pixels
     use_mmap: bool = True
+    # an external image-slice encoder used instead of mtmd's (edge_runtime/external_encoder.py,
+    # e.g. OnnxVisionEncoder("vision-onnx/")): n_chunks(rgb), slices(rgb), encode(pixels), check(...)
+    vision_encoder: object | None = None
 
 
 @dataclass
@@ -113,7 +116,13 @@ class MiniCPMV:
         self.vision = Vision(str(mmproj), self.model, n_threads=threads, use_gpu=opts.mmproj_gpu) if mmproj else None
         self.cache = EmbeddingCache()
         self._ctx = Context(self.model, n_ctx=opts.n_ctx, n_batch=opts.n_batch, n_threads=threads)
-        self.session = Session(self._ctx, self.vision, self.cache)
+        enc = opts.vision_encoder
+        if enc is not None:
+            if self.vision is None:
+                raise InputError("vision_encoder needs an mmproj (mtmd still slices and tokenizes images)")
+            if hasattr(enc, "check"):
+                enc.check(mmproj=str(mmproj), text_n_embd=self.model.n_embd, family=self.format.family)
+        self.session = Session(self._ctx, self.vision, self.cache, encoder=enc)
         self._lock = threading.Lock()
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self._stop_ids = {t for s in self.format.stop for t in self._single_token(s)}
@@ -275,6 +284,8 @@ class MiniCPMV:
                             finish = "cancelled"
                             break
                         raise exc
+                if emitted < len(text_out) and finish != "cancelled":  # text held back for a stop string that never came
+                    yield Piece(text_out[emitted:], in_think)
             finally:
                 sampler.close()
             if t_first is not None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from minicpmv_edge.errors import MismatchError
+
 from .engine import CHUNK_IMAGE, CHUNK_TEXT, Bitmap, Context, Vision
 
 
@@ -68,10 +70,16 @@ class PrefillStats:
 
 
 class Session:
-    def __init__(self, ctx: Context, vision: Vision | None, cache: EmbeddingCache):
+    def __init__(self, ctx: Context, vision: Vision | None, cache: EmbeddingCache, encoder=None):
         self.ctx = ctx
         self.vision = vision
         self.cache = cache
+        # optional external encoder (edge_runtime/external_encoder.py): replaces mtmd_encode_chunk;
+        # mtmd still slices and tokenizes, and decodes the embeddings it returns
+        self.encoder = encoder
+        self._sources: dict[int, tuple[int, int]] = {}  # image chunk index -> (bitmap, chunk of that bitmap)
+        self._bitmaps: list[Bitmap] = []
+        self._pixels: dict[int, list] = {}
         self.units: list[tuple] = []  # what the KV cache holds, in order
         self.counters = Counters()
         # models whose memory cannot be cut back (recurrent layers) keep one snapshot taken
@@ -159,7 +167,32 @@ class Session:
                 ordinal[digest] = k + 1
                 key = f"{digest}/{k}/{chunks.n_tokens(i)}"
                 plan.append((("img", key, self.vision.n_pos(chunks[i])), i))
+        if self.encoder is not None:
+            self._map_sources(chunks, bitmaps)
         return plan, chunks
+
+    def _map_sources(self, chunks, bitmaps: list[Bitmap]) -> None:
+        """Each bitmap becomes n_chunks(rgb) consecutive image chunks (overview, then slices)."""
+        images = [i for i in range(len(chunks)) if chunks.kind(i) == CHUNK_IMAGE]
+        owners = [(b, k) for b, bm in enumerate(bitmaps) for k in range(self.encoder.n_chunks(bm.rgb))]
+        if len(owners) != len(images):
+            raise MismatchError(f"the external encoder slices these images into {len(owners)} chunks, "
+                                f"mtmd into {len(images)}")
+        self._sources = dict(zip(images, owners))
+        self._bitmaps, self._pixels = list(bitmaps), {}
+
+    def _encode(self, chunks, idx: int) -> np.ndarray:
+        if self.encoder is None:
+            return self.vision.encode_chunk(chunks[idx])
+        b, k = self._sources[idx]
+        if b not in self._pixels:
+            self._pixels[b] = self.encoder.slices(self._bitmaps[b].rgb)
+        embd = np.asarray(self.encoder.encode(self._pixels[b][k]), dtype=np.float32)
+        want = (chunks.n_tokens(idx), self.ctx.model.n_embd)
+        if embd.shape != want:
+            raise MismatchError(f"external encoder returned {list(embd.shape)} for an image chunk "
+                                f"mtmd expects as {list(want)}")
+        return embd
 
     def _evaluate(self, todo: list[tuple], chunks) -> tuple[int, list[float]]:
         evaluated = 0
@@ -183,7 +216,7 @@ class Session:
             embd = self.cache.get(unit[1]) if cacheable else None
             if embd is None:
                 t0 = time.perf_counter()
-                embd = self.vision.encode_chunk(chunk)
+                embd = self._encode(chunks, idx)
                 ms = (time.perf_counter() - t0) * 1e3
                 encode_ms.append(ms)
                 self.counters.images_encoded += 1

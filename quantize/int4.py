@@ -199,6 +199,7 @@ class Int4Checkpoint:
                 if f"{p}.{part}" not in ckpt:
                     raise CheckpointError(f"int4 tensor {p}.qweight has no {part}", ckpt.refs[p + ".qweight"].file)
         self._names = [n for n in ckpt.names() if n not in hidden] + list(self.int4)
+        self._name_set = set(self._names)
         self.refs = dict(ckpt.refs)
         for w, p in self.int4.items():
             self.refs[w] = ckpt.refs[p + ".qweight"]
@@ -211,7 +212,7 @@ class Int4Checkpoint:
         return iter(self._names)
 
     def __contains__(self, name: str) -> bool:
-        return name in self.int4 or (name in self._c and name in self._names)
+        return name in self._name_set
 
     def unpacked(self, name: str) -> Unpacked:
         p = self.int4[name]

@@ -175,24 +175,6 @@ def test_ctypes_bad_input(store, bridge, image_png):
     lib.mcv_model_free(model)
 
 
-def python_prompt(fmt, turns, marker: str, thinking: bool) -> str:
-    """The same conversation through edge_runtime.prompt.PromptFormat."""
-    out = ""
-    if turns[0][0] != "system" and fmt.default_system:
-        out += fmt.turn("system", fmt.default_system)
-    n_img = 0
-    for role, parts in turns:
-        items = []
-        for p in parts:
-            if p is None:
-                items.append(fmt.image_placeholder(marker, n_img))
-                n_img += 1
-            else:
-                items.append(p)
-        out += fmt.turn(role, fmt.separator.join(items))
-    return out + fmt.generation_prefix(thinking)
-
-
 CONVERSATIONS = [
     [("user", [None, "What is in the image?"])],
     [("system", ["You are terse."]), ("user", ["Hi", None, "and", None]), ("assistant", ["Two images."]),
@@ -203,12 +185,18 @@ CONVERSATIONS = [
 
 @pytest.mark.parametrize("family", ["minicpmv-2.6", "minicpmv-4.0", "minicpmv-4.5", "minicpmv-4.6"])
 def test_prompt_text_matches_python(store, bridge, image_png, family):
-    from edge_runtime.prompt import PromptFormat
-    from minicpmv_edge.gguf_info import read_info
+    from edge_runtime.api import MiniCPMV
+    from edge_runtime.media import load_image
+    from edge_runtime.messages import Turn
 
     text, mm = pair(store, family)
-    fmt = PromptFormat.from_gguf(read_info(text, tensors=False))
-    marker = "<__media__>"  # mtmd_default_marker()
+    py = MiniCPMV(text, mm, n_ctx=512)
+    fmt, img = py.format, load_image(image_png)
+
+    def python_prompt(conv, thinking):  # the Python runtime's own prompt builder
+        return py.build_prompt([Turn(role, [img if p is None else p for p in parts]) for role, parts in conv],
+                               thinking)[0]
+
     model = bridge.load(text, mm, n_ctx=2048)
     s = bridge.session(model)
     lib = bridge.lib
@@ -224,13 +212,13 @@ def test_prompt_text_matches_python(store, bridge, image_png, family):
                         rc = (lib.mcv_session_add_image_file(s, str(image_png).encode()) if p is None
                               else lib.mcv_session_add_text(s, mcv_bridge.ROLE[role], p.encode()))
                         bridge.check(rc, s)
-                assert bridge.prompt_text(s) == python_prompt(fmt, conv, marker, thinking)
+                assert bridge.prompt_text(s) == python_prompt(conv, thinking)
         # after a generated reply the transcript is prefix + reply + suffix, as Python renders it
         bridge.check(lib.mcv_session_reset(s), s)
         bridge.check(lib.mcv_session_add_text(s, 1, b"Hello"), s)
         _, reply = bridge.generate(s, max_tokens=5)
         bridge.check(lib.mcv_session_add_text(s, 1, b"Again"), s)
-        want = python_prompt(fmt, [("user", ["Hello"])], marker, False) + reply + fmt.turn_suffix + \
+        want = python_prompt([("user", ["Hello"])], False) + reply + fmt.turn_suffix + \
             fmt.turn("user", "Again") + fmt.generation_prefix(False)
         # EOG / length: every emitted piece is in the KV cache; U+FFFD marks bytes the reply had to repair
         if bridge.stats(s).finish_reason in (1, 3) and "\ufffd" not in reply:
@@ -238,6 +226,23 @@ def test_prompt_text_matches_python(store, bridge, image_png, family):
     finally:
         lib.mcv_session_free(s)
         lib.mcv_model_free(model)
+        py.close()
+
+
+def test_max_slices_shrinks_images(store, bridge):
+    """max_slices is enforced by downscaling (mtmd has no runtime setter): fewer image positions."""
+    lib = bridge.lib
+    text, mm = pair(store, "minicpmv-4.5")
+    rgb = bytes(1344 * 896 * 3)
+    used = {}
+    for cap in (0, 4, 1):
+        model = bridge.load(text, mm, n_ctx=2048, max_slices=cap)
+        s = bridge.session(model)
+        bridge.check(lib.mcv_session_add_image_rgb(s, rgb, 1344, 896, 1344 * 3), s)
+        used[cap] = bridge.stats(s).n_ctx_used
+        lib.mcv_session_free(s)
+        lib.mcv_model_free(model)
+    assert used[0] > used[4] > used[1], used
 
 
 def _jvm_args(store, image_png, family="minicpmv-4.5"):

@@ -65,11 +65,20 @@ class Worker:
         self._watch.start()
 
     # --- event-loop side --------------------------------------------------------
-    def submit(self, job: Job) -> None:
+    def reserve(self) -> None:
+        """Take a queue slot before the request's images are decoded (so decodes are bounded too)."""
         with self._lock:
             if self._waiting >= self.max_queue:
                 raise QueueFull(self.retry_after())
             self._waiting += 1
+
+    def release(self) -> None:
+        """Give back a reserved slot (the request failed before it was submitted)."""
+        with self._lock:
+            self._waiting -= 1
+
+    def submit(self, job: Job) -> None:
+        """Queue a job on a slot taken with reserve()."""
         self._q.put(job)
 
     def cancel(self, job: Job, reason: str) -> None:
@@ -83,10 +92,6 @@ class Worker:
     def retry_after(self) -> int:
         avg = sum(self._recent) / len(self._recent) if self._recent else 1.0
         return max(1, math.ceil(avg * (self._waiting + 1)))
-
-    @property
-    def depth(self) -> int:
-        return self._waiting + (1 if self._current is not None else 0)
 
     def close(self) -> None:
         self._stop.set()

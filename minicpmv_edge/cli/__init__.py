@@ -25,6 +25,8 @@ SUBCOMMANDS = {
     "chat": "minicpmv_edge.cli.chat_cmd",
     "quantize": "minicpmv_edge.cli.quantize_cmd",
     "quality": "minicpmv_edge.cli.quality_cmd",
+    "export-vision": "minicpmv_edge.cli.export_vision_cmd",
+    "serve": "minicpmv_edge.cli.serve_cmd",
 }
 
 

@@ -109,7 +109,8 @@ typedef struct mcv_model_params {
     int32_t n_gpu_layers;     /* layers offloaded to GPU/Metal; default 0 */
     int32_t mmproj_use_gpu;   /* 1: vision encoder on GPU if the build has one; default 0 */
     int32_t max_slices;       /* cap on image slices; <= 0: the GGUF's image.max_slice_nums.
-                                 Enforced by downscaling before mtmd (it has no runtime setter). */
+                                 Enforced by downscaling before mtmd (it has no runtime setter),
+                                 with the rule of edge_runtime/api.py _fit_slices; 1: no slicing. */
     int64_t image_max_pixels; /* larger images are downscaled to this many pixels; <= 0: no cap */
 } mcv_model_params;
 

@@ -24,13 +24,21 @@ bool known_image(const uint8_t *d, size_t n) {
     return false;
 }
 
-void target_size(int32_t w, int32_t h, int64_t max_pixels, int32_t &nw, int32_t &nh) {
+// Same rule as edge_runtime/api.py MiniCPMV._fit_slices: mtmd always allows 9 slices; fewer
+// come from shrinking so that LLaVA-UHD's ceil(area / side^2) stays within the cap (1: the
+// longest side fits one slice). image_max_pixels caps the area on top.
+void target_size(int32_t w, int32_t h, const ImageFit &fit, int32_t &nw, int32_t &nh) {
     nw = w;
     nh = h;
-    if (max_pixels <= 0 || (int64_t)w * h <= max_pixels) return;
-    double s = std::sqrt((double)max_pixels / ((double)w * h));
-    nw = std::max(1, (int32_t)std::floor(w * s));
-    nh = std::max(1, (int32_t)std::floor(h * s));
+    const double area = (double)w * h, side = fit.slice_side;
+    double scale = 1.0;
+    if (fit.max_slices >= 1 && fit.max_slices < 9)
+        scale = fit.max_slices == 1 ? std::min(1.0, side / std::max(w, h))
+                                    : std::min(1.0, std::sqrt(fit.max_slices * side * side / area) * 0.999);
+    if (fit.max_pixels > 0 && area > (double)fit.max_pixels) scale = std::min(scale, std::sqrt(fit.max_pixels / area));
+    if (scale >= 1.0) return;
+    nw = std::max(2, (int32_t)(w * scale));
+    nh = std::max(2, (int32_t)(h * scale));
 }
 
 // Bilinear resample of packed RGB (src rows `stride` bytes apart) into a packed nw x nh buffer.
@@ -55,7 +63,7 @@ void resize_rgb(const uint8_t *src, int32_t w, int32_t h, size_t stride, uint8_t
 }
 }  // namespace
 
-mtmd_bitmap *bitmap_from_rgb(const uint8_t *rgb, int32_t w, int32_t h, int32_t stride, int64_t max_pixels,
+mtmd_bitmap *bitmap_from_rgb(const uint8_t *rgb, int32_t w, int32_t h, int32_t stride, const ImageFit &fit,
                              std::string &err) {
     if (!rgb || w <= 0 || h <= 0 || w > kMaxDim || h > kMaxDim || (int64_t)w * h > kMaxPixels) {
         err = "raw image needs a buffer and 1..32768 x 1..32768 pixels (at most 67 Mpx)";
@@ -66,7 +74,7 @@ mtmd_bitmap *bitmap_from_rgb(const uint8_t *rgb, int32_t w, int32_t h, int32_t s
         return nullptr;
     }
     int32_t nw, nh;
-    target_size(w, h, max_pixels, nw, nh);
+    target_size(w, h, fit, nw, nh);
     std::vector<uint8_t> buf;
     try {
         buf.resize((size_t)nw * nh * 3);
@@ -84,7 +92,7 @@ mtmd_bitmap *bitmap_from_rgb(const uint8_t *rgb, int32_t w, int32_t h, int32_t s
     return bm;
 }
 
-mtmd_bitmap *bitmap_from_bytes(const mtmd_context *ctx, const uint8_t *data, size_t size, int64_t max_pixels,
+mtmd_bitmap *bitmap_from_bytes(const mtmd_context *ctx, const uint8_t *data, size_t size, const ImageFit &fit,
                                std::string &err) {
     if (!data || size == 0) {
         err = "image bytes are empty";
@@ -102,19 +110,19 @@ mtmd_bitmap *bitmap_from_bytes(const mtmd_context *ctx, const uint8_t *data, siz
         return nullptr;
     }
     uint32_t bw = mtmd_bitmap_get_nx(w.bitmap), bh = mtmd_bitmap_get_ny(w.bitmap);
-    if ((int64_t)bw * bh > kMaxPixels || max_pixels <= 0 || (int64_t)bw * bh <= max_pixels) {
-        if ((int64_t)bw * bh > kMaxPixels) {
-            mtmd_bitmap_free(w.bitmap);
-            err = "image is larger than 67 Mpx";
-            return nullptr;
-        }
-        return w.bitmap;
+    if ((int64_t)bw * bh > kMaxPixels) {
+        mtmd_bitmap_free(w.bitmap);
+        err = "image is larger than 67 Mpx";
+        return nullptr;
     }
+    int32_t nw, nh;
+    target_size((int32_t)bw, (int32_t)bh, fit, nw, nh);
+    if (nw == (int32_t)bw && nh == (int32_t)bh) return w.bitmap;
     std::string id = mtmd_bitmap_get_id(w.bitmap) ? mtmd_bitmap_get_id(w.bitmap) : "";
     mtmd_bitmap *small = bitmap_from_rgb(mtmd_bitmap_get_data(w.bitmap), (int32_t)bw, (int32_t)bh, (int32_t)bw * 3,
-                                         max_pixels, err);
+                                         fit, err);
     mtmd_bitmap_free(w.bitmap);
-    if (small && !id.empty()) mtmd_bitmap_set_id(small, (id + "-" + std::to_string(max_pixels)).c_str());
+    if (small && !id.empty()) mtmd_bitmap_set_id(small, (id + "-" + std::to_string(nw) + "x" + std::to_string(nh)).c_str());
     return small;
 }
 

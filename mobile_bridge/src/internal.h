@@ -50,10 +50,17 @@ bool meta_str(const llama_model *model, const char *key, std::string &out);
 // Checks that mmproj_path is a projector for `model` (reads it with gguf.h, before mtmd init).
 int check_pair(const llama_model *model, const PromptFormat &fmt, const char *mmproj_path, std::string &err);
 
-// Image input -> RGB bitmap (downscaled to the model's limits); nullptr + message on failure.
-mtmd_bitmap *bitmap_from_bytes(const mtmd_context *ctx, const uint8_t *data, size_t size,
-                               int64_t max_pixels, std::string &err);
-mtmd_bitmap *bitmap_from_rgb(const uint8_t *rgb, int32_t w, int32_t h, int32_t stride, int64_t max_pixels,
+// How far an image is shrunk before mtmd slices it (mtmd has no runtime slice setter).
+struct ImageFit {
+    int max_slices = 9;      // effective cap: min(params.max_slices or GGUF max, GGUF max)
+    int slice_side = 448;    // minicpmv_edge.image.scale_resolution
+    int64_t max_pixels = 0;  // params.image_max_pixels (<= 0: none)
+};
+
+// Image input -> RGB bitmap (downscaled to `fit`); nullptr + message on failure.
+mtmd_bitmap *bitmap_from_bytes(const mtmd_context *ctx, const uint8_t *data, size_t size, const ImageFit &fit,
+                               std::string &err);
+mtmd_bitmap *bitmap_from_rgb(const uint8_t *rgb, int32_t w, int32_t h, int32_t stride, const ImageFit &fit,
                              std::string &err);
 
 // Error bookkeeping: per handle and per thread (see the header's "Errors").
@@ -70,7 +77,7 @@ struct mcv_model {
     mcv::PromptFormat fmt;
     mcv_model_params params{};
     int n_threads = 1;
-    int64_t max_pixels = 0;  // min(image_max_pixels, max_slices * slice area); 0: no cap
+    mcv::ImageFit fit;
     std::string marker;
     std::mutex vision_mu;  // mtmd_encode_chunk and its output buffer are not thread-safe
     std::atomic<int> n_sessions{0};

@@ -175,13 +175,10 @@ int mcv_model_load(const char *text_path, const char *mmproj_path, const mcv_mod
         delete m;
         return fail(nullptr, rc, err);
     }
-    int slices = p.max_slices > 0 ? p.max_slices : m->fmt.max_slice_nums;
-    // minicpmv slicing picks ceil(w*h / slice_area) slices (capped): an image of at most
-    // `slices` slice areas never yields more (tools/mtmd/clip.cpp, minicpmv best grid).
-    int64_t area = (int64_t)m->fmt.scale_resolution * m->fmt.scale_resolution;
-    m->max_pixels = p.max_slices > 0 ? area * slices : 0;
-    if (p.image_max_pixels > 0 && (m->max_pixels == 0 || p.image_max_pixels < m->max_pixels))
-        m->max_pixels = p.image_max_pixels;
+    const int gguf_max = m->fmt.max_slice_nums;
+    m->fit.max_slices = p.max_slices > 0 && p.max_slices < gguf_max ? p.max_slices : gguf_max;
+    m->fit.slice_side = m->fmt.scale_resolution;
+    m->fit.max_pixels = p.image_max_pixels;
     if (mmproj_path) {
         mtmd_context_params cp = mtmd_context_params_default();
         cp.use_gpu = p.mmproj_use_gpu != 0;

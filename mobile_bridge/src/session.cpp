@@ -267,7 +267,7 @@ int mcv_session_add_image_bytes(mcv_session *s, const uint8_t *data, size_t size
     finish_reply(s);
     s->cancel.store(false);
     std::string err;
-    mtmd_bitmap *bm = bitmap_from_bytes(s->model->mctx, data, size, s->model->max_pixels, err);
+    mtmd_bitmap *bm = bitmap_from_bytes(s->model->mctx, data, size, s->model->fit, err);
     if (!bm) return fail(&s->err, data && size ? MCV_ERR_IMAGE : MCV_ERR_INVALID_ARG, err);
     return add_image(s, bm);
 }
@@ -288,7 +288,7 @@ int mcv_session_add_image_rgb(mcv_session *s, const uint8_t *rgb, int32_t w, int
     finish_reply(s);
     s->cancel.store(false);
     std::string err;
-    mtmd_bitmap *bm = bitmap_from_rgb(rgb, w, h, stride, s->model->max_pixels, err);
+    mtmd_bitmap *bm = bitmap_from_rgb(rgb, w, h, stride, s->model->fit, err);
     if (!bm) return fail(&s->err, MCV_ERR_INVALID_ARG, err);
     return add_image(s, bm);
 }

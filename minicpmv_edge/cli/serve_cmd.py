@@ -1,0 +1,133 @@
+"""`minicpmv-edge serve OUT_DIR` / `serve -m MODEL.gguf --mmproj MMPROJ.gguf`: an OpenAI-compatible server.
+
+POST /v1/chat/completions (JSON or SSE), GET /v1/models, GET /health. One model is
+shared by all requests; they queue (bounded) in front of one generation thread.
+Needs the `server` extra: pip install 'minicpmv-edge[server]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from ..errors import InputError
+
+EXAMPLES = """examples:
+  minicpmv-edge serve out/v45                                   # http://127.0.0.1:8080/v1
+  minicpmv-edge serve -m text.gguf --mmproj mmproj.gguf --port 9000 --api-key s3cret
+  minicpmv-edge serve out/v45 --media-dir ./images --allow-remote-media --max-queue 4
+
+  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' -d '{
+    "model": "v45", "messages": [{"role": "user", "content": [
+      {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}},
+      {"type": "text", "text": "What is in the picture?"}]}],
+    "chat_template_kwargs": {"enable_thinking": true}}'"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", nargs="?", metavar="OUT_DIR", help="a converted folder (manifest.json)")
+    p.add_argument("-m", "--model", metavar="MODEL.gguf", help="text GGUF (instead of OUT_DIR)")
+    p.add_argument("--mmproj", metavar="MMPROJ.gguf", help="vision projector (with -m)")
+    p.add_argument("--model-name", help="model id clients send (default: the folder or file name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-key", default=os.environ.get("MINICPMV_EDGE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/ (default: $MINICPMV_EDGE_API_KEY, else none)")
+    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get 429 (default 16)")
+    p.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request, queue included")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="request body cap in MB (default 20)")
+    p.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
+    p.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted (default 4096)")
+    p.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request names none")
+    p.add_argument("--image-max-pixels", type=int, default=None, help="refuse larger images (default 16.7M)")
+    p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) image URLs")
+    p.add_argument("--remote-max-mb", type=float, default=20.0, help="size cap on a fetched image (default 20)")
+    p.add_argument("--remote-timeout", type=float, default=10.0, help="seconds to fetch a remote image")
+    p.add_argument("--media-dir", metavar="DIR", help="allow local paths / file:// URLs inside DIR only")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096)
+    p.add_argument("-t", "--threads", type=int, default=None, help="default: physical cores")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers on the GPU (Metal/CUDA builds)")
+    p.add_argument("--mmproj-gpu", action="store_true", help="run the vision encoder on the GPU backend")
+    p.add_argument("--max-slices", type=int, default=None, help="cap on slices per image (default: model's)")
+    p.set_defaults(run=run)
+
+
+def _paths(args) -> tuple[Path, Path | None, str]:
+    if args.folder and args.model:
+        raise InputError("give either OUT_DIR or -m MODEL.gguf, not both")
+    if args.folder:
+        from ..manifest import Manifest
+
+        m = Manifest.load(args.folder)
+        return Path(m.path_of(args.folder, "text")), Path(m.path_of(args.folder, "mmproj")), \
+            Path(args.folder).resolve().name
+    if not args.model:
+        raise InputError("give a converted folder (OUT_DIR) or -m MODEL.gguf [--mmproj MMPROJ.gguf]")
+    for p in (args.model, args.mmproj):
+        if p and not Path(p).is_file():
+            raise InputError("file does not exist", p)
+    return Path(args.model), Path(args.mmproj) if args.mmproj else None, Path(args.model).stem
+
+
+def _check(args) -> None:
+    for name in ("max_queue", "max_images", "max_tokens_limit", "default_max_tokens"):
+        if getattr(args, name) < (0 if name == "max_queue" else 1):
+            raise InputError(f"--{name.replace('_', '-')} is too small")
+    if args.request_timeout <= 0 or args.max_body_mb <= 0 or args.remote_max_mb <= 0:
+        raise InputError("--request-timeout, --max-body-mb and --remote-max-mb must be positive")
+    if args.media_dir and not Path(args.media_dir).is_dir():
+        raise InputError("--media-dir is not a directory", args.media_dir)
+
+
+def run(args) -> int:
+    try:
+        import uvicorn
+
+        from edge_runtime.server import MediaPolicy, ServerConfig, create_app
+    except ImportError as exc:
+        raise InputError(f"the server needs its extra: pip install 'minicpmv-edge[server]' ({exc.name} missing)") \
+            from None
+    _check(args)
+    text, mmproj, default_name = _paths(args)
+    config = ServerConfig(
+        model_id=args.model_name or default_name, api_key=args.api_key or None, max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout, max_body_bytes=int(args.max_body_mb * 1e6),
+        max_images=args.max_images, max_tokens_limit=args.max_tokens_limit,
+        default_max_tokens=args.default_max_tokens,
+        media=MediaPolicy(allow_remote=args.allow_remote_media,
+                          media_dir=Path(args.media_dir).resolve() if args.media_dir else None,
+                          remote_max_bytes=int(args.remote_max_mb * 1e6), remote_timeout_s=args.remote_timeout))
+
+    def load():
+        from edge_runtime import LoadOptions, MiniCPMV
+
+        opts = LoadOptions(n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                           mmproj_gpu=args.mmproj_gpu, max_slices=args.max_slices,
+                           **({"image_max_pixels": args.image_max_pixels} if args.image_max_pixels else {}))
+        return MiniCPMV(text, mmproj, opts)
+
+    failed: list[BaseException] = []
+
+    def on_load_error(exc):
+        failed.append(exc)
+        server.should_exit = True
+
+    # one log line per request from our logger; uvicorn's access log would be a second one
+    logging.getLogger("edge_runtime.server").setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app = create_app(config, load, on_load_error)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, access_log=False,
+                                           log_level="warning", timeout_graceful_shutdown=5))
+    print(f"serving {config.model_id!r} on http://{args.host}:{args.port}/v1 (loading the model...)", flush=True)
+    server.run()
+    if failed:
+        exc = failed[0]
+        if isinstance(exc, InputError):
+            raise exc
+        raise InputError(f"cannot load the model: {exc}")
+    return 0

@@ -1,0 +1,130 @@
+// Swift face of minicpmv_edge.h. Mechanical: one method per C call, status < 0 -> throw.
+// Not compiled in this repository (no Swift toolchain); keep it a thin mapping of the header.
+import CMiniCPMVEdge
+import Foundation
+
+public struct MiniCPMVError: Error, CustomStringConvertible {
+    public let code: Int32
+    public let message: String
+    public var description: String { "\(message) (mcv status \(code))" }
+}
+
+@inline(__always)
+private func check(_ rc: Int32, _ message: @autoclosure () -> String) throws {
+    if rc < 0 { throw MiniCPMVError(code: rc, message: message()) }
+}
+
+public enum Role: Int32 { case system = 0, user = 1, assistant = 2 }
+
+public final class MiniCPMVEngine {
+    fileprivate let model: OpaquePointer
+
+    public static var version: String { String(cString: mcv_version()) }
+
+    /// Loads the text GGUF and its projector (nil: text only). Slow: call off the main thread.
+    public init(textPath: String, mmprojPath: String?, nCtx: Int32 = 4096, nThreads: Int32 = 0,
+                nGpuLayers: Int32 = 99, mmprojUseGPU: Bool = true, maxSlices: Int32 = 0) throws {
+        var p = mcv_model_params()
+        mcv_model_params_init(&p)
+        p.n_ctx = nCtx
+        p.n_threads = nThreads
+        p.n_gpu_layers = nGpuLayers
+        p.mmproj_use_gpu = mmprojUseGPU ? 1 : 0
+        p.max_slices = maxSlices
+        var out: OpaquePointer?
+        try check(mcv_model_load(textPath, mmprojPath, &p, &out), String(cString: mcv_last_error()))
+        model = out!
+    }
+
+    deinit { mcv_model_free(model) }  // sessions hold a strong reference, so none is alive here
+
+    public func newSession() throws -> MiniCPMVSession { try MiniCPMVSession(engine: self) }
+}
+
+/// One conversation. Use from one task at a time; cancel() is safe from anywhere.
+public final class MiniCPMVSession: @unchecked Sendable {
+    private let engine: MiniCPMVEngine  // keeps the model alive while the session lives
+    private let s: OpaquePointer
+
+    fileprivate init(engine: MiniCPMVEngine) throws {
+        self.engine = engine
+        var out: OpaquePointer?
+        try check(mcv_session_create(engine.model, &out), String(cString: mcv_last_error()))
+        s = out!
+    }
+
+    deinit { mcv_session_free(s) }
+
+    private func err() -> String { String(cString: mcv_session_errmsg(s)) }
+
+    public func add(_ role: Role, _ text: String) throws {
+        try check(mcv_session_add_text(s, mcv_role(UInt32(role.rawValue)), text), err())
+    }
+
+    /// JPEG/PNG bytes; decoded, sliced and encoded now (seconds): call off the main thread.
+    public func addImage(_ data: Data) throws {
+        try data.withUnsafeBytes { raw in
+            try check(mcv_session_add_image_bytes(s, raw.bindMemory(to: UInt8.self).baseAddress, raw.count), err())
+        }
+    }
+
+    public func addImage(path: String) throws { try check(mcv_session_add_image_file(s, path), err()) }
+
+    public func addImageRGB(_ rgb: Data, width: Int32, height: Int32, stride: Int32) throws {
+        try rgb.withUnsafeBytes { raw in
+            try check(mcv_session_add_image_rgb(s, raw.bindMemory(to: UInt8.self).baseAddress, width, height, stride), err())
+        }
+    }
+
+    public func setThinking(_ on: Bool) throws { try check(mcv_session_set_thinking(s, on ? 1 : 0), err()) }
+    public func reset() throws { try check(mcv_session_reset(s), err()) }
+    public func cancel() { mcv_session_cancel(s) }
+
+    /// Streams the reply through the pull API on a detached task; cancelling the consuming
+    /// task (or calling cancel()) stops generation at the next token.
+    public func generate(maxTokens: Int32 = 512, temperature: Float = 0) -> AsyncThrowingStream<String, Error> {
+        AsyncThrowingStream { continuation in
+            let task = Task.detached { [self] in
+                var gp = mcv_gen_params()
+                mcv_gen_params_init(&gp)
+                gp.max_tokens = maxTokens
+                gp.temperature = temperature
+                do {
+                    try check(mcv_session_begin(s, &gp), err())
+                    while true {
+                        var piece: UnsafeMutablePointer<CChar>?
+                        let rc = mcv_session_next_alloc(s, &piece)
+                        if rc == MCV_DONE.rawValue { break }
+                        if rc == MCV_ERR_CANCELLED.rawValue { break }
+                        try check(rc, err())
+                        if let p = piece {
+                            continuation.yield(String(cString: p))
+                            mcv_string_free(p)
+                        }
+                    }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { [self] _ in
+                cancel()
+                task.cancel()
+            }
+        }
+    }
+
+    public func promptText(withGenerationPrefix: Bool = true) throws -> String {
+        var out: UnsafeMutablePointer<CChar>?
+        try check(mcv_session_prompt_text(s, withGenerationPrefix ? 1 : 0, &out), err())
+        defer { mcv_string_free(out) }
+        return String(cString: out!)
+    }
+
+    public func stats() throws -> mcv_stats {
+        var st = mcv_stats()
+        st.struct_size = MemoryLayout<mcv_stats>.size
+        try check(mcv_session_stats(s, &st), err())
+        return st
+    }
+}
