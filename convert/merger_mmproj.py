@@ -209,7 +209,7 @@ def plan_merger_mmproj(ckpt: Checkpoint, hp: MergerVisionHParams, outtype) -> tu
             raise CheckpointError(f"tensor {src!r} has shape {list(shape)} but config.json implies {list(want)}",
                                   ckpt.refs[src].file)
         plan.append(PlannedTensor(name, shape, mmproj_tensor_type(name, shape, outtype),
-                                  lambda s=src: ckpt.load(s)))
+                                  lambda s=src: ckpt.load(s), source=src))
     names = {t.name for t in plan}
     required = list(_REQUIRED) + [f"v.blk.{i}.{k}" for i in range(hp.n_layer) for k in _REQUIRED_BLOCK]
     if hp.use_vit_merger:

@@ -104,9 +104,9 @@ def convert(
         def cb(kind):
             return (lambda i, n, t: progress(kind, i, n, t)) if progress else None
 
-        write_gguf(text_path, plan.text_arch, text_meta, plan.text_tensors, cb("text"))
+        write_gguf(text_path, plan.text_arch, text_meta, plan.text_tensors, cb("text"), ckpt=ckpt)
         try:
-            write_gguf(mm_path, "clip", mm_meta, plan.mmproj_tensors, cb("mmproj"))
+            write_gguf(mm_path, "clip", mm_meta, plan.mmproj_tensors, cb("mmproj"), ckpt=ckpt)
         except BaseException:
             text_path.unlink(missing_ok=True)
             raise

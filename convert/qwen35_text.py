@@ -250,8 +250,7 @@ def plan_qwen35_text(ckpt: Checkpoint, hp: Qwen35HParams, outtype) -> tuple[list
         qtype = GGMLQuantizationType.F32 if ".ssm_conv1d." in name else text_tensor_type(name, shape, outtype)
         untransformed = "linear_attn." not in local and not local.endswith(("norm.weight", ".A_log", ".dt_bias"))
         plan.append(PlannedTensor(name, shape, qtype, _producer(ckpt, src, local, hp),
-                                  source=src if untransformed else None,
-                                  rows=(lambda a, b, s=src: ckpt.load_rows(s, a, b)) if untransformed else None))
+                                  source=src if untransformed else None))
     if rows is None:
         raise CheckpointError(f"no token embedding under {_LM!r}", ckpt.dir)
     if rows < b.n_vocab:

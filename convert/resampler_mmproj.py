@@ -101,8 +101,9 @@ def plan_resampler_mmproj(ckpt: Checkpoint, hp: VisionHParams, outtype) -> tuple
     plan: list[PlannedTensor] = []
     used: set[str] = set()
 
-    def add(name: str, shape: tuple[int, ...], produce) -> None:
-        plan.append(PlannedTensor(name, tuple(shape), mmproj_tensor_type(name, tuple(shape), outtype), produce))
+    def add(name: str, shape: tuple[int, ...], produce, source: str | None = None) -> None:
+        plan.append(PlannedTensor(name, tuple(shape), mmproj_tensor_type(name, tuple(shape), outtype), produce,
+                                  source=source))
 
     E = hp.text_n_embd
     for src in ckpt.names():
@@ -135,7 +136,7 @@ def plan_resampler_mmproj(ckpt: Checkpoint, hp: VisionHParams, outtype) -> tuple
         else:
             raise CheckpointError(f"unexpected vision tensor {src!r}", ckpt.refs[src].file)
         _check_vision_shape(ckpt, src, name, shape, hp)
-        add(name, shape, lambda s=src: ckpt.load(s))
+        add(name, shape, lambda s=src: ckpt.load(s), source=src)
     names = {t.name for t in plan}
     for required in ("v.patch_embd.weight", "v.position_embd.weight", "resampler.query", "resampler.kv.weight",
                      "resampler.attn.q.weight", schema.TN_RESAMPLER_PROJ, "v.post_ln.weight"):

@@ -155,8 +155,7 @@ def plan_text(ckpt: Checkpoint, spec: TextSpec, outtype) -> tuple[list[PlannedTe
                 f"tensor {src!r} has shape {list(shape)} but config.json implies {list(want)}", ckpt.refs[src].file)
         permuted = spec.permute_qk and name.endswith(("attn_q.weight", "attn_k.weight"))
         plan.append(PlannedTensor(name, tuple(shape), text_tensor_type(name, tuple(shape), outtype),
-                                  _producer(ckpt, src, name, spec), source=None if permuted else src,
-                                  rows=None if permuted else (lambda a, b, s=src: ckpt.load_rows(s, a, b))))
+                                  _producer(ckpt, src, name, spec), source=None if permuted else src))
     if rows is None:
         raise CheckpointError(f"no token embedding under {spec.prefix!r}", ckpt.dir)
     if rows < hp.n_vocab:

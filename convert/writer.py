@@ -22,6 +22,8 @@ from gguf.quants import quantize, quant_shape_to_byte_shape
 
 from minicpmv_edge.errors import Interrupted, OutputError
 
+from .stream import SourceStream, close_fds, streamable
+
 log = logging.getLogger(__name__)
 
 Q = GGMLQuantizationType
@@ -46,28 +48,6 @@ class PlannedTensor:
     produce: Callable[[], np.ndarray]
     source: str | None = None
     encoded: bool = False
-    rows: Callable[[int, int], np.ndarray] | None = None  # rows [a, b) only: lets big tensors stream
-
-
-STREAM_ABOVE = 64 << 20  # tensors larger than this (as f32) are written in row blocks
-_BLOCK = 32 << 20
-
-
-class _RowStream:
-    """Quacks like the ndarray GGUFWriter.write_tensor_data expects (nbytes, tofile), but
-    reads, converts and writes the tensor in row blocks: a 151k x 4096 embedding then
-    costs ~32 MB of memory instead of 2.5 GB."""
-
-    def __init__(self, t: PlannedTensor, nbytes: int):
-        self.t, self.nbytes = t, nbytes
-
-    def tofile(self, fout) -> None:
-        rows = self.t.shape[0]
-        per_row = int(np.prod(self.t.shape[1:], dtype=np.int64)) * 4
-        step = max(1, _BLOCK // max(per_row, 1))
-        for a in range(0, rows, step):
-            block = self.t.rows(a, min(rows, a + step))
-            _encode(block, self.t.qtype).tofile(fout)
 
 
 def _encode(arr: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -95,6 +75,7 @@ def write_gguf(
     add_metadata: Callable[[GGUFWriter], None],
     tensors: Sequence[PlannedTensor],
     on_tensor: Callable[[int, int, PlannedTensor], None] | None = None,
+    ckpt=None,
 ) -> int:
     """Write a complete GGUF atomically; returns the file size in bytes."""
     path = Path(path)
@@ -104,6 +85,7 @@ def write_gguf(
         raise OutputError("output directory is not writable", path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     writer = GGUFWriter(tmp, arch)
+    fds: dict = {}
     try:
         add_metadata(writer)
         for t in tensors:
@@ -112,8 +94,9 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for i, t in enumerate(tensors):
-            if t.rows is not None and not t.encoded and 4 * int(np.prod(t.shape, dtype=np.int64)) > STREAM_ABOVE:
-                writer.write_tensor_data(_RowStream(t, _info_args(t)[2]))
+            ref = ckpt.refs.get(t.source) if (ckpt is not None and t.source and not t.encoded) else None
+            if streamable(ref, t.qtype) and tuple(ref.shape) == tuple(t.shape):
+                writer.write_tensor_data(SourceStream(ref, t.qtype, _info_args(t)[2], fds))
             else:
                 arr = t.produce()
                 want = quant_shape_to_byte_shape(t.shape, t.qtype) if t.encoded else t.shape
@@ -136,6 +119,7 @@ def write_gguf(
                               path) from None
         raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None
     finally:
+        close_fds(fds)
         writer.close()
         if tmp.exists():
             tmp.unlink()
