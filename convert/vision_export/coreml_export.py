@@ -13,6 +13,7 @@ TorchScript tracing with coremltools 9.0 needs numpy < 2.4 (python-deps.md secti
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -51,18 +52,26 @@ def export_coreml(module: torch.nn.Module, path: Path, graph: str, gh: int, gw: 
     idx = position_inputs(graph, gh, gw, use_vit_merger)
     fixed = FixedGrid(module, {k: torch.from_numpy(v) for k, v in idx.items()}).eval()
     px = torch.zeros(1, 3, gh * patch, gw * patch)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(fixed, (px,))
-        mlmodel = ct.convert(
-            traced,
-            inputs=[ct.TensorType(name="pixel_values", shape=tuple(px.shape), dtype=np.float32)],
-            outputs=[ct.TensorType(name=OUTPUT, dtype=np.float32)],
-            convert_to="mlprogram",
-            compute_precision=ct.precision.FLOAT16,
-            compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS),
-            minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
-        )
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # coremltools' per-pass progress bars
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(fixed, (px,))
+            mlmodel = ct.convert(
+                traced,
+                inputs=[ct.TensorType(name="pixel_values", shape=tuple(px.shape), dtype=np.float32)],
+                outputs=[ct.TensorType(name=OUTPUT, dtype=np.float32)],
+                convert_to="mlprogram",
+                compute_precision=ct.precision.FLOAT16,
+                compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS),
+                minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+            )
+    finally:
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = quiet
     mlmodel.short_description = f"MiniCPM-V vision encoder, {gh}x{gw} patch grid"
     try:
         mlmodel.save(str(path))
@@ -89,9 +98,7 @@ def describe_spec(path: Path) -> dict:
         "outputs": [io(f) for f in spec.description.output],
         "ops": sorted({op.type for f in prog.functions.values() for b in f.block_specializations.values()
                        for op in b.operations}),
-        "fp16_weights": any(op.type == "const" and "fp16" in str(op.outputs[0].type).lower()
-                            for f in prog.functions.values() for b in f.block_specializations.values()
-                            for op in b.operations) or _any_fp16(prog),
+        "fp16_weights": _any_fp16(prog),
     }
 
 
