@@ -157,8 +157,10 @@ def main() -> None:
     exe = build_cli()
     if not args.text:
         args.text, args.mmproj, args.image = make_model(mcv_bridge.CACHE / "bench", args.tiny, args.hidden, args.layers)
-    bridge = [run_bridge(args) for _ in range(args.runs)]
-    cli = [run_cli(exe, args) for _ in range(args.runs)]
+    bridge, cli = [], []
+    for _ in range(args.runs):  # interleaved, so drifting machine load hits both sides alike
+        bridge.append(run_bridge(args))
+        cli.append(run_cli(exe, args))
     res = {k: {f: median([r[f] for r in rs]) for f in ("ttft_ms", "decode_tok_s", "rss_mb")}
            for k, rs in (("bridge", bridge), ("cli", cli))}
     ratio = res["bridge"]["decode_tok_s"] / res["cli"]["decode_tok_s"] if res["cli"]["decode_tok_s"] else None

@@ -59,8 +59,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+BENCH = REPO / "bench"
+# the project's packages first, bench helpers last: bench/convert.py and bench/quantize.py
+# must not shadow the `convert` and `quantize` packages
+sys.path[:] = [str(REPO)] + [p for p in sys.path if p and Path(p).resolve() != BENCH] + [str(BENCH)]
 
 from _common import (MB, RunResult, fmt_bytes, git_state, machine_description, python_exe, read_files,  # noqa: E402
                      run_measured, table)
