@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("sentencepiece")
+import torch
+import transformers  # noqa: F401
+import sentencepiece  # noqa: F401
 
 from minicpmv_edge.fixtures import FAMILIES, make_checkpoint  # noqa: E402
 from minicpmv_edge.fixtures.corpus import CORPUS  # noqa: E402

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
+import httpx as httpx
+import openai as openai
+import fastapi  # noqa: F401
+import uvicorn  # noqa: F401
 
 from tests.runtime_helpers import noise_image  # noqa: E402
 

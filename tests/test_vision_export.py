@@ -16,8 +16,8 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
+import torch  # noqa: F401
+import onnxruntime  # noqa: F401
 
 from convert.vision_export import export_vision  # noqa: E402
 from minicpmv_edge.errors import InputError, MediaError, MismatchError, UnsupportedModelError  # noqa: E402
@@ -113,7 +113,7 @@ def test_position_inputs_agree_between_exporter_and_runtime():
 
 
 def test_coreml_package_spec_and_module_identity(store, onnx_exports, tmp_path):
-    pytest.importorskip("coremltools")
+    import coremltools  # noqa: F401
     from convert.vision_export.build import build, state_sha256
     from convert.vision_export.coreml_export import describe_spec
 
