@@ -31,6 +31,11 @@ import _common  # noqa: E402
 import llama_tools  # noqa: E402
 
 PROMPT = "Describe this image in detail."
+# On AMX CPUs llama.cpp's weight repacking segfaults (llama-mtmd-cli itself crashes here with
+# exit 139); our runtime turns repacking off there (edge_runtime/engine.py), so the anchor runs so too.
+from edge_runtime.engine import cpu_has_amx  # noqa: E402
+
+NO_REPACK = ["--no-repack"] if cpu_has_amx() else []
 FOLLOW_UP = "What is the main colour?"
 
 OURS = r"""
@@ -98,7 +103,7 @@ def image_file(work: Path) -> Path:
 def run_mtmd_cli(binary: Path, text: Path, mmproj: Path, image: Path, n: int, threads: int) -> dict:
     cmd = [str(binary), "-m", str(text), "--mmproj", str(mmproj), "--image", str(image), "-p", PROMPT,
            "-n", str(n), "--temp", "0", "--repeat-penalty", "1.0", "-t", str(threads), "-c", "4096",
-           "-b", "512", "-ub", "512", "--no-warmup"]
+           "-b", "512", "-ub", "512", "--no-warmup"] + NO_REPACK
     r = _common.run_measured(cmd, tail_chars=20000)
     log = r.stdout_tail
     if not r.ok:
@@ -128,7 +133,8 @@ def run_ours(text: Path, mmproj: Path, image: Path, n: int, threads: int) -> dic
 
 def run_llama_bench(binary: Path, text: Path, n: int, threads: int) -> float:
     r = _common.run_measured([str(binary), "-m", str(text), "-p", "0", "-n", str(n), "-t", str(threads),
-                              "-r", "2", "-o", "json"], tail_chars=20000)
+                              "-r", "2", "-o", "json"] + (["--repack", "0"] if NO_REPACK else []),
+                             tail_chars=20000)
     try:
         data = json.loads(r.stdout_tail[r.stdout_tail.index("["):])
         return float(data[0]["avg_ts"])

@@ -278,3 +278,121 @@ def test_node_napi(store, plain_build, image_png, tmp_path, family):
                            stdout=f, stderr=subprocess.DEVNULL, timeout=300)
     log = out.read_text()
     assert r.returncode == 0 and "node: 0 failure(s)" in log, log
+
+
+@pytest.mark.parametrize("family", ["minicpmv-4.5", "minicpmv-4.6"])
+def test_external_encoder_hook(store, bridge, family):
+    """mcv_session_set_encoder: mtmd's own embeddings (computed in Python with edge_runtime.engine on
+    the same image) handed back through the hook give the default path's greedy reply; the geometry
+    the bridge reports is external_encoder.slice_plan's; failures leave the conversation unchanged."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    from edge_runtime.engine import CHUNK_IMAGE, Bitmap, Model, Vision
+    from edge_runtime.external_encoder import slice_plan
+
+    lib = bridge.lib
+    assert lib.mcv_version_number() >= 2000 and lib.mcv_abi_version() == 1
+    text, mm = pair(store, family)
+    rgb = (np.random.RandomState(1).rand(700, 1000, 3) * 255).astype("uint8")  # sliced (3 x 2 or so)
+    h, w = rgb.shape[:2]
+
+    # mtmd's embeddings of each chunk, overview first
+    pm = Model(text)
+    vis = Vision(mm, pm, n_threads=2)
+    chunks = vis.tokenize(vis.marker, [Bitmap(rgb)])
+    want = [vis.encode_chunk(chunks[i]) for i in range(len(chunks)) if chunks.kind(i) == CHUNK_IMAGE]
+    chunks.close()
+    vis.close()
+    pm.close()
+    fields = {f.name: f for f in GGUFReader(mm).fields.values()}
+    sf = fields.get("clip.vision.projector.scale_factor")
+    n_merge = int(sf.parts[sf.data[0]][0]) if sf is not None and family == "minicpmv-4.6" else 1
+    plan = slice_plan(w, h, 448, 14, n_merge, keep_small_whole=n_merge == 2)
+    assert len(want) == 1 + len(plan.slices) > 1
+
+    model = bridge.load(text, mm, n_ctx=2048, n_threads=2)
+    seen, mode = [], {"v": "mtmd"}
+
+    def encode(_user, info_p, pixels, out, n):
+        info = info_p.contents
+        seen.append((info.image_index, info.chunk_index, info.n_chunks, info.width, info.height, info.n_tokens,
+                     info.n_embd, info.grid_cols, info.grid_rows, info.refined_width, info.refined_height,
+                     info.slice_x, info.slice_y, info.patch_size, bool(pixels)))
+        assert info.struct_size == ctypes.sizeof(mcv_bridge.SliceInfo)
+        assert (info.image_width, info.image_height) == (w, h)
+        assert ctypes.string_at(info.image_rgb, w * h * 3) == rgb.tobytes()
+        if mode["v"] == "default":
+            return mcv_bridge.ENCODE_USE_DEFAULT
+        if mode["v"] == "fail":
+            return -42 if info.chunk_index == 1 else 0 * ctypes.memmove(out, want[info.chunk_index].ctypes.data, n * 4)
+        if mode["v"] == "unwritten":
+            return 0
+        e = np.ascontiguousarray(want[info.chunk_index], np.float32)
+        assert n == e.size == info.n_tokens * info.n_embd
+        ctypes.memmove(out, e.ctypes.data, e.nbytes)
+        return 0
+
+    c_encode = mcv_bridge.ENCODE_FN(encode)
+
+    def run(hook):
+        s = bridge.session(model)
+        try:
+            if hook:
+                bridge.check(lib.mcv_session_set_encoder(s, c_encode, None), s)
+            bridge.check(lib.mcv_session_add_image_rgb(s, rgb.tobytes(), w, h, w * 3), s)
+            bridge.check(lib.mcv_session_add_text(s, 1, b"Describe the image."), s)
+            rc, reply = bridge.generate(s, max_tokens=12)
+            assert rc == 0
+            return reply, bridge.stats(s).n_ctx_used
+        finally:
+            lib.mcv_session_free(s)
+
+    base = run(False)
+    assert run(True) == base  # mtmd's embeddings through the hook: same greedy reply, same positions
+    sizes = [(r[3], r[4]) for r in seen]
+    assert sizes == plan.sizes() and [r[1] for r in seen] == list(range(len(want)))
+    assert all(r[0] == 0 and r[2] == len(want) and not r[-1] and r[13] == 14 for r in seen)
+    assert [r[5] for r in seen] == [e.shape[0] for e in want] and {r[6] for r in seen} == {want[0].shape[1]}
+    assert seen[1][7:13] == (plan.grid[0], plan.grid[1], *plan.refined, *plan.slices[0][:2])
+    assert [r[11:13] for r in seen[1:]] == [sl[:2] for sl in plan.slices]
+    mode["v"] = "default"
+    assert run(True) == base  # every chunk handed back to mtmd
+
+    # the C++ slice geometry equals external_encoder.slice_plan (and mtmd's chunk count) across shapes
+    s = bridge.session(model)
+    bridge.check(lib.mcv_session_set_encoder(s, c_encode, None), s)
+    for gw, gh in ((449, 100), (100, 1000), (1344, 896), (2000, 300), (800, 800), (300, 200), (1000, 999)):
+        seen.clear()
+        rgb = np.zeros((gh, gw, 3), np.uint8)
+        w, h = gw, gh
+        bridge.check(lib.mcv_session_reset(s), s)
+        bridge.check(lib.mcv_session_add_image_rgb(s, rgb.tobytes(), gw, gh, gw * 3), s)
+        p = slice_plan(gw, gh, 448, 14, n_merge, keep_small_whole=n_merge == 2)
+        assert [(r[3], r[4]) for r in seen] == p.sizes(), (gw, gh)
+        assert [r[11:13] for r in seen[1:]] == [sl[:2] for sl in p.slices]
+    lib.mcv_session_free(s)
+    rgb = (np.random.RandomState(1).rand(700, 1000, 3) * 255).astype("uint8")
+    h, w = rgb.shape[:2]
+
+    # failures: a callback error / unwritten output -> MCV_ERR_DECODE, conversation unchanged
+    s = bridge.session(model)
+    bridge.check(lib.mcv_session_set_encoder(s, c_encode, None), s)
+    for m, words in (("fail", "chunk 1 of"), ("unwritten", "not finite")):
+        mode["v"] = m
+        assert lib.mcv_session_add_image_rgb(s, rgb.tobytes(), w, h, w * 3) == -10
+        assert words in lib.mcv_session_errmsg(s).decode(), lib.mcv_session_errmsg(s)
+        assert bridge.prompt_text(s, with_prefix=False) == "" and bridge.stats(s).n_ctx_used == 0
+        assert bridge.stats(s).n_images == 0
+    # removing the hook restores mtmd's encoder
+    bridge.check(lib.mcv_session_set_encoder(s, mcv_bridge.ENCODE_FN(), None), s)
+    bridge.check(lib.mcv_session_add_image_rgb(s, rgb.tobytes(), w, h, w * 3), s)
+    assert bridge.stats(s).n_images == 1
+    lib.mcv_session_free(s)
+    assert lib.mcv_session_set_encoder(None, c_encode, None) == -1 and b"NULL" in lib.mcv_last_error()
+    lib.mcv_model_free(model)
+    text_only = bridge.load(text, None, n_ctx=512)
+    s = bridge.session(text_only)
+    assert lib.mcv_session_set_encoder(s, c_encode, None) == -13 and lib.mcv_session_errmsg(s)
+    lib.mcv_session_free(s)
+    lib.mcv_model_free(text_only)

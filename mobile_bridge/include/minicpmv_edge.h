@@ -9,7 +9,9 @@
  * ABI growth rules: structs only grow at the end (the library reads
  * min(struct_size, its own sizeof) bytes and keeps defaults for the rest);
  * functions never change signature (a changed behaviour gets a `_v2` name);
- * enum values are never renumbered. MCV_ABI_VERSION changes only on a break.
+ * enum values are never renumbered. MCV_ABI_VERSION changes only on a break;
+ * additions bump MCV_VERSION_MINOR (check mcv_version_number() >= 2000 before
+ * calling a 0.2 function through a dynamically loaded library).
  *
  * Prompt format: nothing model-specific lives here or in the wrappers. The
  * chat turns, thinking prefixes, stop strings and image-id template are read
@@ -61,9 +63,9 @@ extern "C" {
 
 /* ---- versions ------------------------------------------------------------ */
 #define MCV_VERSION_MAJOR 0
-#define MCV_VERSION_MINOR 1
+#define MCV_VERSION_MINOR 2 /* 0.2: external vision encoder (mcv_session_set_encoder); ABI unchanged */
 #define MCV_VERSION_PATCH 0
-#define MCV_VERSION_STRING "0.1.0"
+#define MCV_VERSION_STRING "0.2.0"
 /* major*1000000 + minor*1000 + patch; compare with mcv_version_number() */
 #define MCV_VERSION_NUMBER (MCV_VERSION_MAJOR * 1000000 + MCV_VERSION_MINOR * 1000 + MCV_VERSION_PATCH)
 #define MCV_ABI_VERSION 1
@@ -206,6 +208,74 @@ MCV_API int mcv_session_next_alloc(mcv_session *session, char **out);
 MCV_API void mcv_session_cancel(mcv_session *session);
 
 MCV_API void mcv_string_free(char *s); /* NULL-safe */
+
+/* ---- external vision encoder (since 0.2) -------------------------------- */
+/* An app may replace mtmd's vision encoder with its own (CoreML, NNAPI, QNN,
+ * an ONNX export of docs/vision-export.md). mtmd still decides the slicing,
+ * inserts the <image>/<slice> text around each chunk and decodes the
+ * embeddings (mtmd_helper_decode_image_chunk); only mtmd_encode_chunk is
+ * skipped. The bridge calls the encoder once per image chunk, in order:
+ * chunk 0 is the overview, chunks 1..n_chunks-1 are the slices, row-major.
+ *
+ * Pixels: mtmd does not expose its preprocessed slices, so the callback gets
+ * the RGB image mtmd sliced (after the bridge's max_slices/image_max_pixels
+ * downscale) and the geometry, and the app reproduces the preprocessing
+ * (edge_runtime/external_encoder.py `preprocess` is the reference):
+ *  - chunk 0: the whole image resized to width x height (bicubic, stretched);
+ *  - slices: the whole image resized into refined_width x refined_height
+ *    keeping its aspect (bicubic, centred on black), then the crop
+ *    (slice_x, slice_y, width, height) of it;
+ *  - then x/255, (x - mean)/std per channel (the mmproj's clip.vision.image_mean/std).
+ * The `pixels` argument is reserved for a future built-in preprocessor: it is
+ * NULL in this version.
+ *
+ * Output: write n_tokens * n_embd float32 into out_embd (row-major
+ * [n_tokens][n_embd], out_floats == that product), what mtmd_encode_chunk
+ * would have produced. Return MCV_OK (0), MCV_ENCODE_USE_DEFAULT to let mtmd
+ * encode this chunk itself (e.g. a grid the app's model was not exported
+ * for), or any other value to fail: the add_image call then returns
+ * MCV_ERR_DECODE with a message naming the chunk and leaves the conversation
+ * as it was. Non-finite outputs are refused the same way.
+ *
+ * Ownership and threads:
+ *  - info, info->image_rgb and out_embd belong to the library and are valid
+ *    during the callback only; `user` is passed through untouched and never
+ *    freed. The registration is kept until replaced, survives
+ *    mcv_session_reset and ends with mcv_session_free.
+ *  - The callback runs synchronously on the thread that called
+ *    mcv_session_add_image_*, while that session is busy: calling functions
+ *    on the same session from it returns MCV_ERR_BUSY (other sessions are
+ *    fine). The model's vision lock is not held during the callback, so
+ *    encoders of different sessions may run in parallel: an encoder shared by
+ *    sessions on several threads must be thread-safe itself.
+ *  - mcv_session_cancel does not interrupt a running callback; the cancel
+ *    takes effect after it returns. */
+#define MCV_ENCODE_USE_DEFAULT 1
+
+typedef struct mcv_slice_info {
+    size_t  struct_size;     /* sizeof(mcv_slice_info) of the library; fields only grow at the end */
+    int32_t image_index;     /* image of this conversation (0-based; the <image_id> number) */
+    int32_t chunk_index;     /* 0: overview; 1..: slices, row-major */
+    int32_t n_chunks;        /* chunks of this image: 1 + grid_cols * grid_rows */
+    int32_t width, height;   /* this chunk's size in pixels after preprocessing (the encoder input) */
+    int32_t patch_size;      /* encoder patch side in pixels: the patch grid is height/patch_size rows x
+                                width/patch_size columns */
+    int32_t n_tokens;        /* embedding rows mtmd expects for this chunk */
+    int32_t n_embd;          /* floats per row (the text model's input width) */
+    int32_t grid_cols, grid_rows;          /* slice grid; 0, 0 when the image is not sliced */
+    int32_t slice_x, slice_y;              /* slices: top-left of the crop in the refined image; 0 for the overview */
+    int32_t refined_width, refined_height; /* the image the slices are cut from; 0, 0 when not sliced */
+    int32_t image_width, image_height;     /* the RGB image mtmd sliced */
+    const uint8_t *image_rgb;              /* that image, packed RGB888 (image_width * 3 bytes per row) */
+} mcv_slice_info;
+
+typedef int (*mcv_encode_fn)(void *user, const mcv_slice_info *info, const float *pixels,
+                             float *out_embd, size_t out_floats);
+
+/* Registers (fn != NULL) or removes (fn == NULL) the session's external
+ * encoder; applies to images added afterwards. MCV_ERR_UNSUPPORTED on a model
+ * without projector. */
+MCV_API int mcv_session_set_encoder(mcv_session *session, mcv_encode_fn fn, void *user);
 
 /* ---- stats and introspection ------------------------------------------- */
 typedef enum mcv_finish {

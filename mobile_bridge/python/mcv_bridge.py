@@ -113,6 +113,18 @@ class Stats(ctypes.Structure):
                 ("finish_reason", ctypes.c_int32)]
 
 
+class SliceInfo(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t)] + [(n, ctypes.c_int32) for n in (
+        "image_index", "chunk_index", "n_chunks", "width", "height", "patch_size", "n_tokens", "n_embd",
+        "grid_cols", "grid_rows", "slice_x", "slice_y", "refined_width", "refined_height", "image_width",
+        "image_height")] + [("image_rgb", ctypes.POINTER(ctypes.c_uint8))]
+
+
+ENCODE_USE_DEFAULT = 1
+ENCODE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(SliceInfo),
+                             ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float), ctypes.c_size_t)
+
+
 class BridgeError(RuntimeError):
     def __init__(self, code: int, msg: str):
         super().__init__(f"{code}: {msg}")
@@ -145,6 +157,8 @@ def load_library(path: str | os.PathLike) -> ctypes.CDLL:
         "mcv_session_stats": (I, [P, ctypes.POINTER(Stats)]),
         "mcv_session_prompt_text": (I, [P, ctypes.c_int32, ctypes.POINTER(P)]),
         "mcv_set_log_callback": (None, [P, P]),
+        "mcv_version_number": (ctypes.c_int32, []),
+        "mcv_session_set_encoder": (I, [P, ENCODE_FN, P]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)

@@ -63,6 +63,59 @@ void resize_rgb(const uint8_t *src, int32_t w, int32_t h, size_t stride, uint8_t
 }
 }  // namespace
 
+namespace {
+// mtmd-image.cpp ensure_divide / get_best_resize / get_best_grid, same float arithmetic.
+int ensure_divide(int length, int align) {
+    return std::max(static_cast<int>(std::round(static_cast<float>(length) / align) * align), align);
+}
+void best_resize(int w, int h, int scale, int align, bool allow_upscale, int &ow, int &oh) {
+    if (w * h > scale * scale || allow_upscale) {
+        float r = static_cast<float>(w) / h;
+        h = static_cast<int>(scale / std::sqrt(r));
+        w = static_cast<int>(h * r);
+    }
+    ow = ensure_divide(w, align);
+    oh = ensure_divide(h, align);
+}
+void best_grid(int max_slices, int multiple, float log_ratio, int &gx, int &gy) {
+    gx = gy = 1;
+    float min_error = INFINITY;
+    for (int n : {multiple - 1, multiple, multiple + 1}) {
+        if (n == 1 || n > max_slices) continue;
+        for (int m = 1; m <= n; m++) {
+            if (n % m) continue;
+            float error = std::abs(log_ratio - std::log(1.0 * m / (n / m)));
+            if (error < min_error) gx = m, gy = n / m, min_error = error;
+        }
+    }
+}
+}  // namespace
+
+SlicePlan slice_plan(int w, int h, const SliceParams &sp) {
+    SlicePlan p;
+    const int align = sp.patch_size * sp.n_merge, side = sp.image_size;
+    if (sp.keep_small_whole && (float)w * h / (side * side) <= 1.0f) {
+        best_resize(w, h, side, align, true, p.ov_w, p.ov_h);
+        return p;
+    }
+    if (w <= side && h <= side) {
+        p.ov_w = p.ov_h = side;
+        return p;
+    }
+    best_resize(w, h, side, align, false, p.ov_w, p.ov_h);
+    const float log_ratio = std::log((float)w / h);
+    const float ratio = (float)w * h / (side * side);
+    const int multiple = (int)std::fmin(std::ceil(ratio), 9);
+    best_grid(9, multiple, log_ratio, p.grid_x, p.grid_y);
+    int cw, ch;
+    best_resize(ensure_divide(w, p.grid_x) / p.grid_x, ensure_divide(h, p.grid_y) / p.grid_y, side, align, true, cw, ch);
+    p.ref_w = cw * p.grid_x;
+    p.ref_h = ch * p.grid_y;
+    for (int y = 0; y < p.grid_y; y++)
+        for (int x = 0; x < p.grid_x; x++) p.slices.push_back({x * cw, y * ch, cw, ch});
+    return p;
+}
+
 mtmd_bitmap *bitmap_from_rgb(const uint8_t *rgb, int32_t w, int32_t h, int32_t stride, const ImageFit &fit,
                              std::string &err) {
     if (!rgb || w <= 0 || h <= 0 || w > kMaxDim || h > kMaxDim || (int64_t)w * h > kMaxPixels) {

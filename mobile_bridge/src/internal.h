@@ -47,8 +47,28 @@ int read_prompt_format(const llama_model *model, PromptFormat &fmt, std::string 
 // Returns the metadata value as a string, or false when absent.
 bool meta_str(const llama_model *model, const char *key, std::string &out);
 
+// The projector's slicing parameters (mtmd's clip hparams; read from the mmproj GGUF).
+struct SliceParams {
+    int image_size = 448;         // clip.vision.image_size
+    int patch_size = 14;          // clip.vision.patch_size
+    int n_merge = 1;              // 4.6: clip.vision.projector.scale_factor (default 4); else 1
+    bool keep_small_whole = false;  // 4.6 in 4x mode (n_merge 2)
+};
+
+// mtmd's LLaVA-UHD slicing of a w x h image (mtmd-image.cpp get_slice_instructions, 0c1e570);
+// the same as edge_runtime/external_encoder.py slice_plan.
+struct SlicePlan {
+    int ov_w = 0, ov_h = 0;    // overview size
+    int ref_w = 0, ref_h = 0;  // refined size (0 without slices)
+    int grid_x = 0, grid_y = 0;
+    struct Slice { int x, y, w, h; };
+    std::vector<Slice> slices;  // row-major
+};
+SlicePlan slice_plan(int w, int h, const SliceParams &sp);
+
 // Checks that mmproj_path is a projector for `model` (reads it with gguf.h, before mtmd init).
-int check_pair(const llama_model *model, const PromptFormat &fmt, const char *mmproj_path, std::string &err);
+int check_pair(const llama_model *model, const PromptFormat &fmt, const char *mmproj_path, std::string &err,
+               SliceParams *slicing = nullptr);
 
 // How far an image is shrunk before mtmd slices it (mtmd has no runtime slice setter).
 struct ImageFit {
@@ -79,6 +99,7 @@ struct mcv_model {
     int n_threads = 1;
     mcv::ImageFit fit;
     std::string marker;
+    mcv::SliceParams slicing;
     std::mutex vision_mu;  // mtmd_encode_chunk and its output buffer are not thread-safe
     std::atomic<int> n_sessions{0};
     std::string err;
@@ -91,6 +112,8 @@ struct mcv_session {
     std::string err;
     std::atomic<bool> cancel{false};
     std::atomic<bool> busy{false};
+    mcv_encode_fn encoder = nullptr;  // external vision encoder (mcv_session_set_encoder)
+    void *encoder_user = nullptr;
 
     // conversation text: evaluated (in the KV cache) + pending (not yet evaluated)
     std::string evaluated, pending;

@@ -169,7 +169,7 @@ int mcv_model_load(const char *text_path, const char *mmproj_path, const mcv_mod
     m->vocab = llama_model_get_vocab(m->lm);
     std::string err;
     int rc = read_prompt_format(m->lm, m->fmt, err);
-    if (rc == MCV_OK && mmproj_path) rc = check_pair(m->lm, m->fmt, mmproj_path, err);
+    if (rc == MCV_OK && mmproj_path) rc = check_pair(m->lm, m->fmt, mmproj_path, err, &m->slicing);
     if (rc != MCV_OK) {
         llama_model_free(m->lm);
         delete m;

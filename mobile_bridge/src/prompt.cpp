@@ -146,7 +146,8 @@ std::string PromptFormat::image_placeholder(const std::string &marker, int index
     return (use_image_id ? format_field(image_id_template, "id", std::to_string(index)) : std::string()) + marker;
 }
 
-int check_pair(const llama_model *m, const PromptFormat &f, const char *mmproj_path, std::string &err) {
+int check_pair(const llama_model *m, const PromptFormat &f, const char *mmproj_path, std::string &err,
+               SliceParams *slicing) {
     gguf_init_params gp = {/*no_alloc*/ true, /*ctx*/ nullptr};
     gguf_context *g = gguf_init_from_file(mmproj_path, gp);
     if (!g) {
@@ -159,6 +160,17 @@ int check_pair(const llama_model *m, const PromptFormat &f, const char *mmproj_p
     bool has_version = gguf_int(g, "clip.minicpmv_version", version);
     bool has_fam = gguf_str(g, (std::string(NS) + "family").c_str(), fam);
     bool has_width = gguf_int(g, "clip.vision.projection_dim", width);
+    if (slicing) {  // as clip.cpp reads them for PROJECTOR_TYPE_MINICPMV / MINICPMV4_6
+        int64_t v = 0;
+        if (gguf_int(g, "clip.vision.image_size", v) && v > 0) slicing->image_size = (int)v;
+        if (gguf_int(g, "clip.vision.patch_size", v) && v > 0) slicing->patch_size = (int)v;
+        slicing->n_merge = 1;
+        if (ptype == "minicpmv4_6") {
+            slicing->n_merge = 4;
+            if (gguf_int(g, "clip.vision.projector.scale_factor", v) && v > 0) slicing->n_merge = (int)v;
+        }
+        slicing->keep_small_whole = slicing->n_merge == 2;
+    }
     gguf_free(g);
 
     const int n_embd = llama_model_n_embd_inp(m);

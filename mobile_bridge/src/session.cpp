@@ -4,6 +4,7 @@
 #include "mtmd-helper.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -104,6 +105,44 @@ int decode_tokens(mcv_session *s, const llama_token *toks, int32_t n) {
     return MCV_OK;
 }
 
+// Runs the session's external encoder on image chunk `k` of `bm` into `embd`; returns MCV_OK,
+// MCV_ENCODE_USE_DEFAULT, or an error already recorded on the session.
+int external_encode(mcv_session *s, const mtmd_bitmap *bm, const SlicePlan &plan, int k, size_t ntok, int n_embd,
+                    std::vector<float> &embd) {
+    mcv_slice_info info;
+    memset(&info, 0, sizeof(info));
+    info.struct_size = sizeof(info);
+    info.image_index = s->n_images;
+    info.chunk_index = k;
+    info.n_chunks = (int32_t)(1 + plan.slices.size());
+    info.width = k == 0 ? plan.ov_w : plan.slices[k - 1].w;
+    info.height = k == 0 ? plan.ov_h : plan.slices[k - 1].h;
+    info.slice_x = k == 0 ? 0 : plan.slices[k - 1].x;
+    info.slice_y = k == 0 ? 0 : plan.slices[k - 1].y;
+    info.patch_size = s->model->slicing.patch_size;
+    info.n_tokens = (int32_t)ntok;
+    info.n_embd = n_embd;
+    info.grid_cols = plan.grid_x;
+    info.grid_rows = plan.grid_y;
+    info.refined_width = plan.ref_w;
+    info.refined_height = plan.ref_h;
+    info.image_width = (int32_t)mtmd_bitmap_get_nx(bm);
+    info.image_height = (int32_t)mtmd_bitmap_get_ny(bm);
+    info.image_rgb = mtmd_bitmap_get_data(bm);
+    const size_t n = ntok * (size_t)n_embd;
+    embd.assign(n, NAN);
+    const std::string where = "external encoder, image " + std::to_string(info.image_index) + " chunk " +
+                              std::to_string(k) + " of " + std::to_string(info.n_chunks);
+    int r = s->encoder(s->encoder_user, &info, nullptr, embd.data(), n);
+    if (r == MCV_ENCODE_USE_DEFAULT) return r;
+    if (r != MCV_OK) return fail(&s->err, MCV_ERR_DECODE, where + ": failed with code " + std::to_string(r));
+    for (size_t i = 0; i < n; i++)
+        if (!std::isfinite(embd[i]))
+            return fail(&s->err, MCV_ERR_DECODE, where + ": output " + std::to_string(i) + " of " +
+                                                     std::to_string(n) + " is not finite (not written?)");
+    return MCV_OK;
+}
+
 int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out) {
     mcv_model *m = s->model;
     const int32_t n_before = s->n_past;
@@ -136,6 +175,19 @@ int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out) {
         }
         const int n_embd = llama_model_n_embd_inp(m->lm);
         std::vector<float> embd;
+        SlicePlan plan;
+        int n_image_chunks = 0;
+        if (s->encoder && bm) {  // every image chunk of this call is a chunk of `bm`
+            plan = slice_plan((int)mtmd_bitmap_get_nx(bm), (int)mtmd_bitmap_get_ny(bm), m->slicing);
+            size_t n_img = 0;
+            for (size_t i = 0; i < mtmd_input_chunks_size(chunks); i++)
+                n_img += mtmd_input_chunk_get_type(mtmd_input_chunks_get(chunks, i)) == MTMD_INPUT_CHUNK_TYPE_IMAGE;
+            if (n_img != 1 + plan.slices.size()) {
+                mtmd_input_chunks_free(chunks);
+                return fail(&s->err, MCV_ERR_MISMATCH, "mtmd made " + std::to_string(n_img) + " image chunks, the bridge's slice plan " +
+                            std::to_string(1 + plan.slices.size()) + " (llama.cpp version differs from 0c1e570?)");
+            }
+        }
         for (size_t i = 0; i < mtmd_input_chunks_size(chunks) && rc == MCV_OK; i++) {
             const mtmd_input_chunk *c = mtmd_input_chunks_get(chunks, i);
             if (mtmd_input_chunk_get_type(c) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
@@ -150,7 +202,13 @@ int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out) {
             }
             const size_t ntok = mtmd_input_chunk_get_n_tokens(c);
             double t0 = now_ms();
-            {
+            int erc = s->encoder && bm ? external_encode(s, bm, plan, n_image_chunks++, ntok, n_embd, embd)
+                                       : MCV_ENCODE_USE_DEFAULT;
+            if (erc != MCV_OK && erc != MCV_ENCODE_USE_DEFAULT) {
+                rc = erc;
+                break;
+            }
+            if (erc == MCV_ENCODE_USE_DEFAULT) {
                 std::lock_guard<std::mutex> lk(m->vision_mu);  // the encoder's output buffer is shared
                 if (mtmd_encode_chunk(m->mctx, c) != 0) {
                     rc = fail(&s->err, MCV_ERR_DECODE, "the vision encoder failed");
@@ -298,6 +356,14 @@ int mcv_session_set_thinking(mcv_session *s, int32_t enabled) {
     if (enabled && !s->model->fmt.thinking_supported)
         return fail(&s->err, MCV_ERR_UNSUPPORTED, s->model->fmt.family + " has no thinking mode");
     s->thinking = enabled != 0;
+    return MCV_OK;
+}
+
+int mcv_session_set_encoder(mcv_session *s, mcv_encode_fn fn, void *user) {
+    GUARD(s);
+    if (!s->model->mctx) return fail(&s->err, MCV_ERR_UNSUPPORTED, "model was loaded without a projector");
+    s->encoder = fn;
+    s->encoder_user = fn ? user : nullptr;
     return MCV_OK;
 }
 

@@ -210,6 +210,72 @@ static void test_session(mcv_model *m, const char *image) {
     CHECK_RC(mcv_session_free(s), MCV_OK);
 }
 
+/* External encoder hook (0.2): hands every chunk back to mtmd (so the reply must equal the
+ * default path's), checks the geometry it is given, and fails on request. */
+typedef struct {
+    int calls, fail_at, bad, busy_rc;
+    mcv_session *s;
+} enc_state;
+
+static int on_encode(void *user, const mcv_slice_info *info, const float *pixels, float *out, size_t n) {
+    enc_state *e = (enc_state *)user;
+    if (info->struct_size != sizeof(mcv_slice_info) || info->chunk_index != e->calls || pixels != NULL ||
+        !out || n != (size_t)info->n_tokens * (size_t)info->n_embd || !info->image_rgb ||
+        info->width % info->patch_size || info->height % info->patch_size || info->n_chunks < 1 ||
+        (info->n_chunks > 1) != (info->grid_cols * info->grid_rows == info->n_chunks - 1))
+        e->bad++;
+    e->busy_rc = mcv_session_add_text(e->s, MCV_ROLE_USER, "re-entrant");
+    e->calls++;
+    return info->chunk_index == e->fail_at ? -42 : MCV_ENCODE_USE_DEFAULT;
+}
+
+static void reply_with(mcv_model *m, const uint8_t *rgb, int w, int h, enc_state *e, char *out, size_t cap) {
+    mcv_session *s = NULL;
+    CHECK_RC(mcv_session_create(m, &s), MCV_OK);
+    if (!s) return;
+    if (e) {
+        e->s = s;
+        CHECK_RC(mcv_session_set_encoder(s, on_encode, e), MCV_OK);
+    }
+    CHECK_RC(mcv_session_add_image_rgb(s, rgb, w, h, 3 * w), MCV_OK);
+    CHECK_RC(mcv_session_add_text(s, MCV_ROLE_USER, "What is it?"), MCV_OK);
+    mcv_gen_params gp;
+    mcv_gen_params_init(&gp);
+    gp.max_tokens = 6;
+    CHECK_RC(mcv_session_begin(s, &gp), MCV_OK);
+    size_t used = 0, n = 0;
+    while (mcv_session_next(s, out + used, cap - used, &n) == MCV_OK) used += n;
+    out[used] = '\0';
+    CHECK_RC(mcv_session_free(s), MCV_OK);
+}
+
+static void test_encoder_hook(mcv_model *m) {
+    enum { W = 600, H = 500 };
+    static uint8_t rgb[W * H * 3];
+    for (size_t i = 0; i < sizeof rgb; i++) rgb[i] = (uint8_t)((i * 2654435761u) >> 24);
+    char base[512], hooked[512];
+    enc_state e = {0, -1, 0, 0, NULL};
+    reply_with(m, rgb, W, H, NULL, base, sizeof base);
+    reply_with(m, rgb, W, H, &e, hooked, sizeof hooked);
+    CHECK(e.calls > 1 && e.bad == 0 && e.busy_rc == MCV_ERR_BUSY);
+    CHECK(strcmp(base, hooked) == 0);
+    mcv_session *s = NULL;
+    CHECK_RC(mcv_session_create(m, &s), MCV_OK);
+    if (!s) return;
+    enc_state f = {0, 1, 0, 0, s};
+    CHECK_RC(mcv_session_set_encoder(s, on_encode, &f), MCV_OK);
+    CHECK_RC(mcv_session_add_image_rgb(s, rgb, W, H, 3 * W), MCV_ERR_DECODE);
+    CHECK(strstr(mcv_session_errmsg(s), "chunk 1") != NULL && f.calls == 2);
+    char *txt = NULL;
+    CHECK_RC(mcv_session_prompt_text(s, 0, &txt), MCV_OK);
+    CHECK(txt && txt[0] == '\0');
+    mcv_string_free(txt);
+    CHECK_RC(mcv_session_set_encoder(s, NULL, NULL), MCV_OK);
+    CHECK_RC(mcv_session_add_image_rgb(s, rgb, W, H, 3 * W), MCV_OK);
+    CHECK_RC(mcv_session_set_encoder(NULL, on_encode, NULL), MCV_ERR_INVALID_ARG);
+    CHECK_RC(mcv_session_free(s), MCV_OK);
+}
+
 int main(int argc, char **argv) {
     if (argc < 5) {
         fprintf(stderr, "usage: %s TEXT.gguf MMPROJ.gguf OTHER_MMPROJ.gguf IMAGE.png\n", argv[0]);
@@ -232,6 +298,7 @@ int main(int argc, char **argv) {
     CHECK(mcv_model_meta(m, "minicpmv_edge.family", fam, sizeof fam) > 0);
     CHECK(mcv_model_has_vision(m) == 1);
     test_session(m, argv[4]);
+    test_encoder_hook(m);
     CHECK_RC(mcv_model_free(m), MCV_OK);
     printf("%s: %d failure(s)\n", fam, failures);
     return failures ? 1 : 0;

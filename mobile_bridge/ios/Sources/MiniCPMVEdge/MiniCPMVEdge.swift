@@ -76,6 +76,36 @@ public final class MiniCPMVSession: @unchecked Sendable {
         }
     }
 
+    /// External vision encoder (e.g. CoreML), called for every image chunk during addImage*:
+    /// chunk 0 is the overview, then the slices row-major. Write info.n_tokens * info.n_embd floats
+    /// into `out` and return true, or return false to let mtmd encode this chunk; a thrown error
+    /// fails the addImage call. Pixels: reproduce the resize from info.image_rgb + geometry (see
+    /// minicpmv_edge.h). Runs synchronously on the thread calling addImage*. nil: mtmd's encoder.
+    public typealias VisionEncoder = (_ info: mcv_slice_info, _ out: UnsafeMutableBufferPointer<Float>) throws -> Bool
+
+    private final class EncoderBox { let fn: VisionEncoder; init(_ fn: @escaping VisionEncoder) { self.fn = fn } }
+    private var encoderBox: EncoderBox?  // retained while registered
+
+    public func setEncoder(_ encoder: VisionEncoder?) throws {
+        guard let encoder = encoder else {
+            try check(mcv_session_set_encoder(s, nil, nil), err())
+            encoderBox = nil
+            return
+        }
+        let box = EncoderBox(encoder)
+        let trampoline: mcv_encode_fn = { user, info, _, out, n in
+            let box = Unmanaged<EncoderBox>.fromOpaque(user!).takeUnretainedValue()
+            do {
+                return try box.fn(info!.pointee, UnsafeMutableBufferPointer(start: out, count: n))
+                    ? MCV_OK.rawValue : Int32(MCV_ENCODE_USE_DEFAULT)
+            } catch {
+                return MCV_ERR_INTERNAL.rawValue
+            }
+        }
+        try check(mcv_session_set_encoder(s, trampoline, Unmanaged.passUnretained(box).toOpaque()), err())
+        encoderBox = box
+    }
+
     public func setThinking(_ on: Bool) throws { try check(mcv_session_set_thinking(s, on ? 1 : 0), err()) }
     public func reset() throws { try check(mcv_session_reset(s), err()) }
     public func cancel() { mcv_session_cancel(s) }
