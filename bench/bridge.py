@@ -25,8 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)  # bench/convert.py would shadow the convert package
+BENCH = Path(__file__).resolve().parent
+# the project's packages first, bench helpers last: bench/convert.py and bench/quantize.py
+# must not shadow the `convert` and `quantize` packages
+sys.path[:] = [str(BENCH.parent)] + [p for p in sys.path if p and Path(p).resolve() != BENCH] + [str(BENCH)]
 sys.path.insert(0, str(ROOT / "mobile_bridge" / "python"))
 import mcv_bridge  # noqa: E402
 
@@ -34,17 +36,9 @@ PROMPT = "Describe the image in detail."
 
 
 def build_cli() -> Path:
-    sd = mcv_bridge.sdist_dir() / "vendor" / "llama.cpp"
-    out = mcv_bridge.CACHE / f"llama-mtmd-cli-{mcv_bridge.llama_cpp_version()}"
-    exe = out / "bin" / "llama-mtmd-cli"
-    if not exe.exists():
-        subprocess.run(["cmake", "-S", str(sd), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-                        "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                        "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_HTML=OFF",
-                        "-DLLAMA_BUILD_TOOLS=ON"], check=True, capture_output=True)
-        subprocess.run(["cmake", "--build", str(out), "--target", "llama-mtmd-cli", "-j", str(os.cpu_count() or 2)],
-                       check=True, capture_output=True)
-    return exe
+    import llama_tools  # bench/llama_tools.py: the one place llama.cpp's CLI tools are built
+
+    return llama_tools.build(["llama-mtmd-cli"])["llama-mtmd-cli"]
 
 
 def make_model(work: Path, tiny: bool, hidden: int, layers: int) -> tuple[str, str, str]:

@@ -31,21 +31,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-LLAMA_SRC = Path(os.environ.get("LLAMA_CPP_SRC", "/work/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp"))
+BENCH = Path(__file__).resolve().parent
+# the project's packages first, bench helpers last: bench/convert.py and bench/quantize.py
+# must not shadow the `convert` and `quantize` packages
+sys.path[:] = [str(BENCH.parent)] + [p for p in sys.path if p and Path(p).resolve() != BENCH] + [str(BENCH)]
 
 
 def build_llama_quantize(work: Path) -> Path:
-    exe = work / "llama-build" / "bin" / "llama-quantize"
-    if exe.exists():
-        return exe
-    bdir = work / "llama-build"
-    subprocess.run(["cmake", "-S", str(LLAMA_SRC), "-B", str(bdir), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-                    "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(bdir), "--target", "llama-quantize", "-j", str(os.cpu_count())],
-                   check=True, stdout=subprocess.DEVNULL)
-    return exe
+    import llama_tools  # bench/llama_tools.py: the one place llama.cpp's CLI tools are built
+
+    return llama_tools.build(["llama-quantize"])["llama-quantize"]
 
 
 def make_f16(path: Path, layers: int, vocab: int) -> Path:

@@ -31,29 +31,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+BENCH = Path(__file__).resolve().parent
+# the project's packages first, bench helpers last: bench/convert.py and bench/quantize.py
+# must not shadow the `convert` and `quantize` packages
+sys.path[:] = [str(BENCH.parent)] + [p for p in sys.path if p and Path(p).resolve() != BENCH] + [str(BENCH)]
 
 from bench._common import loadavg, machine_description  # noqa: E402
 
 LLAMA_VERSION = "0.3.36"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minicpmv-edge"
-SDIST = Path(f"/work/sdist/llama_cpp_python-{LLAMA_VERSION}/vendor/llama.cpp")
-BUILD = CACHE / f"llama-server-{LLAMA_VERSION}" / "build"
 
 
-def build_llama_server(src: Path = SDIST, build: Path = BUILD, jobs: int = os.cpu_count() or 2) -> Path:
-    """cmake -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=ON, target llama-server only."""
-    exe = build / "bin" / "llama-server"
-    if exe.is_file():
-        return exe
-    if not src.is_dir():
-        raise SystemExit(f"{src} missing: pip download --no-deps --no-binary :all: llama-cpp-python=={LLAMA_VERSION}"
-                         " and unpack it, or pass --llama-src")
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-                    "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF",
-                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_OPENSSL=OFF"], check=True)
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", f"-j{jobs}"], check=True)
-    return exe
+def build_llama_server(*_args, **_kw) -> Path:
+    import llama_tools  # bench/llama_tools.py: the one place llama.cpp's CLI tools are built
+
+    return llama_tools.build(["llama-server"])["llama-server"]
 
 
 def fixture_folder(family: str) -> Path:
@@ -164,7 +156,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, help="converted folder (default: the tiny 4.5 fixture, built once)")
     ap.add_argument("--family", default="minicpmv-4.5")
-    ap.add_argument("--llama-server", type=Path, help=f"llama-server binary (default {BUILD}/bin/llama-server)")
+    ap.add_argument("--llama-server", type=Path, help="llama-server binary (default: built by bench/llama_tools.py)")
     ap.add_argument("--build-llama-server", action="store_true", help="build it from the sdist when missing")
     ap.add_argument("--llama-parallel", default="1,4", help="llama-server -np values to run (comma list)")
     ap.add_argument("--levels", default="1,4,8", help="concurrent clients")
@@ -196,7 +188,7 @@ def main(argv=None) -> int:
                                                  "--port", str(port), "--model-name", "bench", "-t",
                                                  str(args.threads), "--max-queue", "64"],
                          f"http://127.0.0.1:{port}", body, levels, args.requests)
-    exe = args.llama_server or (build_llama_server() if args.build_llama_server else BUILD / "bin" / "llama-server")
+    exe = args.llama_server or build_llama_server()
     if not Path(exe).is_file():
         print(f"llama-server not found at {exe}: pass --build-llama-server", file=sys.stderr)
     else:

@@ -15,7 +15,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
 from gguf import GGUFWriter, TokenType
 from gguf.vocab import SpecialVocab
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from minicpmv_edge.errors import InputError, MediaError
+from minicpmv_edge.errors import InputError
 from minicpmv_edge.gguf_info import check_pair, read_info
 from minicpmv_edge.manifest import Manifest
 
@@ -207,9 +207,11 @@ class MiniCPMV:
         return np.asarray(PILImage.fromarray(rgb).resize((nw, nh), PILImage.BICUBIC))
 
     # --- chat ---------------------------------------------------------------
-    def chat(self, messages, *, stream: bool = False, enable_thinking: bool = False, max_tokens: int = 512,
-             temperature: float = 0.7, top_p: float = 0.8, top_k: int = 100, repeat_penalty: float = 1.05,
-             seed: int = 0, stop: list[str] | tuple[str, ...] = ()):
+    _D = SamplingOptions()  # the one place sampling defaults live
+
+    def chat(self, messages, *, stream: bool = False, enable_thinking: bool = False, max_tokens: int = _D.max_tokens,
+             temperature: float = _D.temperature, top_p: float = _D.top_p, top_k: int = _D.top_k,
+             repeat_penalty: float = _D.repeat_penalty, seed: int = _D.seed, stop: list[str] | tuple[str, ...] = ()):
         sampling = SamplingOptions(temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty,
                                    seed=seed, max_tokens=max_tokens, stop=tuple(stop)).validated()
         # a list of Turns was normalized already (the server decodes images before queueing)

@@ -223,37 +223,29 @@ class Context:
 
     def decode(self, tokens: list[int], logits_last: bool = True) -> None:
         """Evaluate `tokens` after the current position, in n_batch pieces."""
-        L = _llama()
-        if self.n_past + len(tokens) > self.n_ctx:
-            raise ContextOverflowError(
-                f"prompt needs {self.n_past + len(tokens)} tokens but the context holds {self.n_ctx}")
+        self._check_room(len(tokens))
         for i in range(0, len(tokens), self.n_batch):
             part = tokens[i:i + self.n_batch]
-            batch = L.llama_batch_init(len(part), 0, 1)
-            try:
-                batch.n_tokens = len(part)
-                for j, t in enumerate(part):
-                    batch.token[j] = t
-                    batch.pos[j] = self.n_past + j
-                    batch.n_seq_id[j] = 1
-                    batch.seq_id[j][0] = 0
-                    batch.logits[j] = 1 if (logits_last and i + j == len(tokens) - 1) else 0
-                rc = L.llama_decode(self.ptr, batch)
-            finally:
-                L.llama_batch_free(batch)
-            if rc != 0:
-                raise RuntimeFailure(f"llama_decode failed with code {rc}")
-            self.n_past += len(part)
+            last = logits_last and i + len(part) == len(tokens)
+            self._decode_batch(part, lambda j: last and j == len(part) - 1)
 
     def decode_all_logits(self, tokens: list[int]) -> np.ndarray:
         """Evaluate `tokens` (at most n_batch) after the current position with logits for every
         position; returns float32 [len(tokens), n_vocab] (quality reports compare whole distributions)."""
-        L = _llama()
         if len(tokens) > self.n_batch:
             raise ContextOverflowError(f"{len(tokens)} tokens exceed the batch size {self.n_batch}")
-        if self.n_past + len(tokens) > self.n_ctx:
-            raise ContextOverflowError(
-                f"prompt needs {self.n_past + len(tokens)} tokens but the context holds {self.n_ctx}")
+        self._check_room(len(tokens))
+        self._decode_batch(tokens, lambda j: True)
+        ptr = self._L.llama_get_logits(self.ptr)
+        return np.ctypeslib.as_array(ptr, shape=(len(tokens) * self.model.n_vocab,)).reshape(len(tokens), -1).copy()
+
+    def _check_room(self, n: int) -> None:
+        if self.n_past + n > self.n_ctx:
+            raise ContextOverflowError(f"prompt needs {self.n_past + n} tokens but the context holds {self.n_ctx}")
+
+    def _decode_batch(self, tokens: list[int], want_logits) -> None:
+        """One llama_decode of `tokens` at positions n_past.. on sequence 0."""
+        L = self._L
         batch = L.llama_batch_init(len(tokens), 0, 1)
         try:
             batch.n_tokens = len(tokens)
@@ -262,15 +254,13 @@ class Context:
                 batch.pos[j] = self.n_past + j
                 batch.n_seq_id[j] = 1
                 batch.seq_id[j][0] = 0
-                batch.logits[j] = 1
+                batch.logits[j] = 1 if want_logits(j) else 0
             rc = L.llama_decode(self.ptr, batch)
         finally:
             L.llama_batch_free(batch)
         if rc != 0:
             raise RuntimeFailure(f"llama_decode failed with code {rc}")
         self.n_past += len(tokens)
-        ptr = L.llama_get_logits(self.ptr)
-        return np.ctypeslib.as_array(ptr, shape=(len(tokens) * self.model.n_vocab,)).reshape(len(tokens), -1).copy()
 
     def logits(self) -> np.ndarray:
         L = _llama()

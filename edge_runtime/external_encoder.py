@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from minicpmv_edge.vision_inputs import position_inputs
 from minicpmv_edge.errors import GGUFError, InputError, MediaError, MismatchError, UnsupportedModelError
 
 METADATA = "metadata.json"
 METADATA_SCHEMA = 1
-SIGLIP_POS_SIDE = 70  # clip.cpp buckets positions on a fixed 70x70 grid (4707-4715)
 MAX_SLICE_NUMS = 9  # hard-coded in mtmd-image.cpp:571
 FINGERPRINT_TENSOR = "v.position_embd.weight"  # always F32 in an mmproj, never quantized
 
@@ -146,34 +146,6 @@ def preprocess(rgb: np.ndarray, mean, std, image_size: int = 448, patch_size: in
         x = (np.asarray(c, np.float32) / np.float32(255.0) - m) / s
         out.append(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
     return out
-
-
-# --- graph position inputs (the same formulas as convert/vision_export/positions.py) ---------
-
-
-def position_inputs(kind: str, gh: int, gw: int, use_vit_merger: bool = True) -> dict[str, np.ndarray]:
-    """Index inputs of an exported graph for a gh x gw patch grid (metadata.json `position_inputs`)."""
-    bh = (np.arange(gh) * SIGLIP_POS_SIDE) // gh  # floor(70*i/h): clip.cpp 4707-4715
-    bw = (np.arange(gw) * SIGLIP_POS_SIDE) // gw
-    out = {"pos_ids": (bh[:, None] * SIGLIP_POS_SIDE + bw[None, :]).reshape(-1).astype(np.int64)}
-    if kind == "resampler":
-        rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-        out["pos_hw"] = np.stack([rows.reshape(-1), cols.reshape(-1)], 1).astype(np.float32)
-        return out
-    if use_vit_merger:
-        out["window_idx"] = _window_index(gh, gw)
-        gh, gw = gh // 2, gw // 2
-    out["merger_idx"] = _window_index(gh, gw)
-    return out
-
-
-def _window_index(gh: int, gw: int) -> np.ndarray:
-    """Row-major grid -> 2x2-window-major order (clip.cpp 4770-4780)."""
-    idx = np.arange(gh * gw).reshape(gh // 2, 2, gw // 2, 2).transpose(0, 2, 1, 3)
-    return idx.reshape(-1).astype(np.int64)
-
-
-# --- the contract ------------------------------------------------------------------------------
 
 
 def mmproj_fingerprint(mmproj_path: str | Path) -> str:

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 import torch
-import transformers  # noqa: F401
-import sentencepiece  # noqa: F401
 
 from minicpmv_edge.fixtures import FAMILIES, make_checkpoint  # noqa: E402
 from minicpmv_edge.fixtures.corpus import CORPUS  # noqa: E402

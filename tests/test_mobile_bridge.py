@@ -8,7 +8,6 @@ and the Node test (NAPI), plus prompt-text identity with edge_runtime.prompt.
 from __future__ import annotations
 
 import ctypes
-import io
 import os
 import subprocess
 import sys

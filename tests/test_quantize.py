@@ -17,7 +17,6 @@ from gguf import GGUFWriter
 
 from minicpmv_edge.errors import GGUFError, InputError
 from minicpmv_edge.gguf_info import read_info
-from quantize import quantize_file
 from quantize.llama import NEEDS_IMATRIX, SUPPORTED, quantize_text
 from quantize.mmproj import quantize_mmproj
 

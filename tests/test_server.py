@@ -21,13 +21,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import httpx as httpx
 import openai as openai
-import fastapi  # noqa: F401
-import uvicorn  # noqa: F401
 
 from tests.runtime_helpers import noise_image  # noqa: E402
 

@@ -16,8 +16,6 @@ import json
 import numpy as np
 import pytest
 
-import torch  # noqa: F401
-import onnxruntime  # noqa: F401
 
 from convert.vision_export import export_vision  # noqa: E402
 from minicpmv_edge.errors import InputError, MediaError, MismatchError, UnsupportedModelError  # noqa: E402
@@ -102,18 +100,7 @@ def test_onnx_matches_torch_module_and_reference(store, onnx_exports, family):
     assert on_disk["module"]["state_sha256"] == state_sha256(mod)
 
 
-def test_position_inputs_agree_between_exporter_and_runtime():
-    from convert.vision_export.positions import position_inputs as conv
-    from edge_runtime.external_encoder import position_inputs as rt
-
-    for graph, vit in (("resampler", True), ("merger", True), ("merger", False)):
-        for gh, gw in ((32, 32), (28, 36), (24, 44), (40, 28)):
-            a, b = conv(graph, gh, gw, vit), rt(graph, gh, gw, vit)
-            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
-
-
 def test_coreml_package_spec_and_module_identity(store, onnx_exports, tmp_path):
-    import coremltools  # noqa: F401
     from convert.vision_export.build import build, state_sha256
     from convert.vision_export.coreml_export import describe_spec
 

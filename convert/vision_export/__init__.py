@@ -102,7 +102,7 @@ def export_vision(src, out_dir, fmt: str = "onnx", grids=None, precisions=PRECIS
     traced = []
     if fmt == "onnx":
         from .onnx_export import export_onnx
-        from .positions import DESCRIPTIONS
+        from minicpmv_edge.vision_inputs import DESCRIPTIONS
 
         files = {}
         for prec in precisions:

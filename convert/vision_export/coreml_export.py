@@ -23,7 +23,7 @@ import torch
 from minicpmv_edge.errors import InputError, OutputError
 
 from .modules import FixedGrid
-from .positions import position_inputs
+from minicpmv_edge.vision_inputs import position_inputs
 
 log = logging.getLogger(__name__)
 OUTPUT = "embeddings"

@@ -19,7 +19,7 @@ import torch
 
 from minicpmv_edge.errors import OutputError
 
-from .positions import position_inputs
+from minicpmv_edge.vision_inputs import position_inputs
 
 log = logging.getLogger(__name__)
 OUTPUT = "embeddings"

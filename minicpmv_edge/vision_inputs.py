@@ -1,8 +1,9 @@
-"""Index inputs of the exported graphs for one patch grid (gh rows x gw columns).
+"""Index inputs of the exported vision graphs for one patch grid (gh rows x gw columns).
 
-The runtime computes the same arrays (edge_runtime/external_encoder.py `position_inputs`;
-the converter and the runtime do not import each other, and a test keeps both equal).
-metadata.json describes them in words for other runtimes (the bridge, apps).
+Part of the contract between the exporter (convert/vision_export, which builds graphs
+that take these inputs) and the runtime (edge_runtime/external_encoder.py, which feeds
+them); both read this one module. metadata.json describes them in words for other
+runtimes (the bridge, apps).
 """
 
 from __future__ import annotations
