@@ -13,6 +13,8 @@ bytes are identical to the generic path.
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -64,45 +66,62 @@ class SourceStream:
         return fd
 
     def tofile(self, fout) -> None:
-        ref, qt = self.ref, self.qtype
+        """Blocks are read and converted by a small thread pool (pread and numpy's ufuncs
+        release the GIL) while this thread writes them in order: on 2 cores that nearly
+        halves the wall time of a CPU-bound conversion; a few blocks are in flight."""
+        ref = self.ref
         st = _STORAGE[ref.dtype]
-        shape = ref.shape
-        row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        row = int(np.prod(ref.shape[1:], dtype=np.int64)) if len(ref.shape) > 1 else 1
         rows_per = max(1, BLOCK_BYTES // (row * st.itemsize))
-        cap = min(rows_per, shape[0]) * row
-        buf = np.empty(cap, st)
-        raw_bytes = buf.view(np.uint8)
-        if ref.dtype == "BF16" and qt == Q.F16:
-            out, tmp = np.empty(cap, np.uint16), np.empty(cap, np.uint16)
-        elif ref.dtype == "BF16" and qt == Q.F32:
-            out = np.empty(cap, np.uint32)
         fd = self._fd()
-        for a in range(0, shape[0], rows_per):
-            n = min(rows_per, shape[0] - a) * row
-            want = n * st.itemsize
-            off = ref.start + a * row * st.itemsize
-            got = 0
-            while got < want:
-                k = os.preadv(fd, [raw_bytes[got:want]], off + got)
-                if k <= 0:
-                    raise OSError(f"{ref.file}: unexpected end of file")
-                got += k
-            src = buf[:n]
-            if ref.dtype == "BF16" and qt == Q.F16:
-                enc = bf16_to_f16_bits(src, out[:n], tmp[:n])
-            elif ref.dtype == "BF16" and qt == Q.BF16:
-                # exact already; quiet NaNs as gguf's f32 -> bf16 rounding does
-                enc = np.where((src & 0x7FFF) > 0x7F80, src | 0x0040, src).astype(np.uint16)
-            elif ref.dtype == "BF16" and qt == Q.F32:
-                enc = np.left_shift(src, 16, out=out[:n], dtype=np.uint32)
-            elif ref.dtype == "BF16":  # Q8_0
-                f32 = np.left_shift(src, 16, dtype=np.uint32).view(np.float32).reshape(-1, *shape[1:])
-                enc = quantize(f32, qt)
-            elif qt in (Q.F16, Q.F32):
-                enc = src.astype(np.float16 if qt == Q.F16 else np.float32, copy=False)
-            else:
-                enc = quantize(src.astype(np.float32).reshape(-1, *shape[1:]), qt)
-            fout.write(np.ascontiguousarray(enc).data)
+        pool, depth = _pool()
+        pending: deque = deque()
+        try:
+            for a in range(0, ref.shape[0], rows_per):
+                pending.append(pool.submit(self._block, fd, a, min(rows_per, ref.shape[0] - a), row, st))
+                if len(pending) >= depth:
+                    fout.write(pending.popleft().result().data)
+            while pending:
+                fout.write(pending.popleft().result().data)
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def _block(self, fd: int, a: int, n_rows: int, row: int, st: np.dtype) -> np.ndarray:
+        ref, qt, shape = self.ref, self.qtype, self.ref.shape
+        n = n_rows * row
+        src = np.empty(n, st)
+        raw_bytes = src.view(np.uint8)
+        want, off, got = n * st.itemsize, ref.start + a * row * st.itemsize, 0
+        while got < want:
+            k = os.preadv(fd, [raw_bytes[got:want]], off + got)
+            if k <= 0:
+                raise OSError(f"{ref.file}: unexpected end of file")
+            got += k
+        if ref.dtype == "BF16" and qt == Q.F16:
+            return bf16_to_f16_bits(src, np.empty(n, np.uint16), np.empty(n, np.uint16))
+        if ref.dtype == "BF16" and qt == Q.BF16:
+            # exact already; quiet NaNs as gguf's f32 -> bf16 rounding does
+            return np.where((src & 0x7FFF) > 0x7F80, src | 0x0040, src).astype(np.uint16)
+        if ref.dtype == "BF16" and qt == Q.F32:
+            return np.left_shift(src, 16, dtype=np.uint32)
+        if ref.dtype == "BF16":  # Q8_0
+            f32 = np.left_shift(src, 16, dtype=np.uint32).view(np.float32).reshape(-1, *shape[1:])
+            return np.ascontiguousarray(quantize(f32, qt))
+        if qt in (Q.F16, Q.F32):
+            return np.ascontiguousarray(src.astype(np.float16 if qt == Q.F16 else np.float32, copy=False))
+        return np.ascontiguousarray(quantize(src.astype(np.float32).reshape(-1, *shape[1:]), qt))
+
+
+_POOL: tuple[ThreadPoolExecutor, int] | None = None
+
+
+def _pool() -> tuple[ThreadPoolExecutor, int]:
+    global _POOL
+    if _POOL is None:
+        workers = max(1, min(4, os.cpu_count() or 1))
+        _POOL = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert"), 2 * workers)
+    return _POOL
 
 
 def close_fds(fds: dict) -> None:
