@@ -1,32 +1,23 @@
-"""MiniCPM-V 4.6 (Qwen3.5 text + SigLIP/ViT-merger vision) -> llama.cpp GGUF pair.
+"""MiniCPM-V 4.6 (Qwen3.5 text + SigLIP/ViT-merger vision) -> llama.cpp GGUF pair: layout.
 
-Both token modes are converted once per module from the tiny fixture
-checkpoints. The pair must load in llama.cpp (libllama + mtmd) and compute what
-transformers' own MiniCPMV4_6ForConditionalGeneration computes: next-token
-logits within 1% of the reference logit range with the same argmax, image
-embeddings of a 448x448 image with cosine >= 0.999 per token (64 tokens in
-16x mode, 256 in 4x mode). The file layout must carry the exact key types
-llama.cpp asserts on.
+Both token modes are converted once per module from the tiny fixture checkpoints; the
+file layout must carry the exact key types llama.cpp asserts on. Numerical fidelity
+against transformers' own MiniCPMV4_6ForConditionalGeneration (logits, image
+embeddings of 64 / 256 tokens) is checked with the other families in test_fidelity.py.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 
 from convert import convert
-from edge_runtime.engine import CHUNK_IMAGE, Bitmap, Context, Model, Vision
 from minicpmv_edge import schema
 from minicpmv_edge.gguf_info import check_pair, read_info
 
 MODES = {"minicpmv-4.6": ("16x", 4, 64), "minicpmv-4.6-4x": ("4x", 2, 256)}
-TEXTS = ["Hello, world!", "图片里有什么？", "def f(x):\n    return x * 2", "The quick brown fox 🦊 jumps",
-         "<|im_start|>user\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
-         "1234567890 + 0.5 = ?", "Ünïcödé façade naïve", "  spaces   and\ttabs\n\nnewlines"]
-RANDOM_LENGTHS = (3, 4, 5, 7, 8, 11, 13, 17, 19, 21, 25, 29, 34, 37, 40, 6)
 
 # GGUF value type codes (ggml/src/gguf.cpp)
 UINT32, INT32, BOOL, ARRAY = 4, 5, 7, 9
@@ -44,17 +35,6 @@ def ckpts(tmp_path_factory):
 def converted(ckpts, tmp_path_factory):
     root = tmp_path_factory.mktemp("out46")
     return {fam: convert(path, root / fam, outtype="f16") for fam, path in ckpts.items()}
-
-
-@pytest.fixture(scope="module", params=list(MODES))
-def loaded(request, ckpts, converted):
-    from tests.reference.minicpmv_4_6 import Reference
-
-    fam = request.param
-    res = converted[fam]
-    model = Model(str(res.text_path))
-    yield fam, res, Reference(ckpts[fam]), model
-    model.close()
 
 
 def _array_type(path, key):
@@ -115,59 +95,6 @@ def test_pair_layout(fam, converted):
         assert len(merger) == 16 and "v.vit_merger.ds_ffn_up.weight" in merger
     else:
         assert merger == []  # consumed, not written: 4x never runs the ViT merger
-
-
-def _prompts(model: Model, ckpt) -> list[list[int]]:
-    tj = json.loads((ckpt / "tokenizer.json").read_text(encoding="utf-8"))
-    n_real = max([*tj["model"]["vocab"].values(), *(t["id"] for t in tj["added_tokens"])]) + 1
-    rng = np.random.default_rng(0)
-    out = [model.tokenize(t) for t in TEXTS]
-    out += [rng.integers(0, n_real, size=n).tolist() for n in RANDOM_LENGTHS]
-    return out
-
-
-def test_text_logits_match_reference(loaded, ckpts):
-    fam, res, ref, model = loaded
-    ctx = Context(model, n_ctx=256, n_batch=64, n_threads=2)
-    checked = 0
-    worst = 0.0
-    for toks in _prompts(model, ckpts[fam]):
-        assert toks
-        ctx.clear()
-        ctx.decode(toks)
-        got = ctx.logits()
-        want = ref.next_token_logits(toks)
-        assert got.shape == want.shape
-        span = float(want.max() - want.min())
-        err = float(np.abs(got - want).max())
-        worst = max(worst, err / span)
-        assert err <= 0.01 * span, f"{fam}: max |diff| {err:.4g} > 1% of range {span:.4g} for {toks[:8]}"
-        assert int(got.argmax()) == int(want.argmax()), f"{fam}: argmax differs for {toks[:8]}"
-        checked += 1
-    assert checked >= 16
-    print(f"{fam}: worst logit diff {worst:.3e} of range over {checked} prompts")
-    ctx.close()
-
-
-def test_image_embeddings_match_reference(loaded):
-    fam, res, ref, model = loaded
-    _, _, n_tokens = MODES[fam]
-    vision = Vision(str(res.mmproj_path), model, n_threads=2)
-    try:
-        rgb = np.random.default_rng(1).integers(0, 256, size=(448, 448, 3), dtype=np.uint8)
-        chunks = vision.tokenize(f"look: {vision.marker} done", [Bitmap(rgb)])
-        images = [i for i in range(len(chunks)) if chunks.kind(i) == CHUNK_IMAGE]
-        assert len(images) == 1, "a 448x448 image must not be sliced"
-        assert chunks.n_tokens(images[0]) == n_tokens
-        got = vision.encode_chunk(chunks[images[0]])
-        want = ref.image_embeddings(rgb)
-        assert got.shape == want.shape == (n_tokens, 128)
-        cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
-        assert cos.min() >= 0.999, f"{fam}: worst token cosine {cos.min():.6f}"
-        print(f"{fam}: image cosine min {cos.min():.7f} mean {cos.mean():.7f}")
-        chunks.close()
-    finally:
-        vision.close()
 
 
 def test_mtp_tensors_are_consumed_not_written(ckpts, tmp_path):
