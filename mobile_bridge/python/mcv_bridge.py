@@ -9,6 +9,7 @@ sdist of the installed version: MCV_LLAMA_SRC_DIR, /work/sdist, or `pip download
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import subprocess
@@ -61,7 +62,9 @@ def napi_headers() -> Path:
 
 def build(variant: str = "plain", jni: bool = False, napi: bool = False) -> Path:
     """variant: 'plain' (RelWithDebInfo) or 'asan' (-fsanitize=address,undefined)."""
-    out = CACHE / f"bridge-{variant}"
+    # one build dir per checkout and interpreter: CMake refuses a cache made from another source path
+    key = hashlib.sha256(f"{BRIDGE_DIR.resolve()}|{sys.executable}".encode()).hexdigest()[:10]
+    out = CACHE / f"bridge-{variant}-{key}"
     sd = sdist_dir()
     args = ["cmake", "-S", str(BRIDGE_DIR), "-B", str(out), f"-DMCV_PYTHON={sys.executable}",
             f"-DMCV_SDIST_DIR={sd}", f"-DMCV_LLAMA_SRC_DIR={sd / 'vendor/llama.cpp'}",
