@@ -72,7 +72,7 @@ def make_model(work: Path, tiny: bool, hidden: int, layers: int) -> tuple[str, s
 def child_bridge(args) -> None:
     """Runs in a fresh process: load, one image, generate; prints JSON."""
     t0 = time.perf_counter()
-    build = mcv_bridge.CACHE / "bridge-plain"
+    build = mcv_bridge.build("plain")  # cached: re-configures and finds nothing to rebuild
     b = mcv_bridge.Bridge(mcv_bridge.load_library(build / "libminicpmv_edge_bridge.so"))
     b.lib.mcv_set_log_callback(None, None)
     m = b.load(args.text, args.mmproj, n_ctx=4096, n_threads=args.threads)
