@@ -109,6 +109,22 @@ def config_45(fixture: Path, layers: int) -> dict:
     return cfg
 
 
+def config_40(fixture: Path, layers: int) -> dict:
+    """MiniCPM-V 4.0 widths (MiniCPM4-3B as Llama: hidden 2560, FFN 10240, 32 heads, 2 KV heads,
+    vocab 73448; LongRoPE with equal short/long factors) and the full SigLIP-400M tower."""
+    cfg = json.loads((fixture / "config.json").read_text())
+    head_dim = 2560 // 32
+    factors = [round(1.0 + 30.0 * i / (head_dim // 2 - 1), 6) for i in range(head_dim // 2)]
+    cfg.update({
+        "hidden_size": 2560, "intermediate_size": 10240, "num_attention_heads": 32, "num_key_value_heads": 2,
+        "head_dim": head_dim, "vocab_size": 73448, "num_hidden_layers": layers, "query_num": 64, "image_size": 448,
+    })
+    cfg["rope_scaling"].update({"long_factor": factors, "short_factor": factors})
+    cfg["vision_config"].update({"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
+                                 "num_hidden_layers": 27, "image_size": 980, "patch_size": 14})
+    return cfg
+
+
 def config_46(fixture: Path, layers: int) -> dict:
     cfg = json.loads((fixture / "config.json").read_text())
     interval = 4
@@ -125,14 +141,14 @@ def config_46(fixture: Path, layers: int) -> dict:
     return cfg
 
 
-def tensors_45(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
+def tensors_45(cfg: dict, family: str = "minicpmv-4.5") -> list[tuple[str, tuple[int, ...]]]:
     import torch
 
     from minicpmv_edge.fixtures.build import build_text_model
     from minicpmv_edge.fixtures.towers import Resampler, prefixed_state_dict, siglip_vision
 
     with torch.device("meta"):
-        llm = build_text_model("minicpmv-4.5", cfg)
+        llm = build_text_model(family, cfg)
         vpm = siglip_vision(cfg["vision_config"])
         res = Resampler(cfg["query_num"], cfg["hidden_size"], cfg["vision_config"]["hidden_size"])
     # the same selection as minicpmv_edge.fixtures.build._minicpmv_weights
@@ -203,9 +219,13 @@ def shard_groups(tensors) -> list[list]:
 
 def make_checkpoint(work: Path, family: str, layers: int, log=print) -> tuple[Path, int]:
     """Write (or reuse) a synthetic checkpoint; returns (dir, source bytes)."""
-    fx = _fixture(work, "minicpmv-4.5" if family == "4.5" else "minicpmv-4.6")
-    cfg = config_45(fx, layers) if family == "4.5" else config_46(fx, layers)
-    tensors = tensors_45(cfg) if family == "4.5" else tensors_46(cfg)
+    fx = _fixture(work, f"minicpmv-{family}")
+    if family == "4.6":
+        cfg, tensors = config_46(fx, layers), None
+        tensors = tensors_46(cfg)
+    else:
+        cfg = (config_45 if family == "4.5" else config_40)(fx, layers)
+        tensors = tensors_45(cfg, f"minicpmv-{family}")
     spec = hashlib.sha256(json.dumps([cfg, tensors, POOL_ELEMS, SHARD_MAX]).encode()).hexdigest()[:16]
     d = work / f"v{family.replace('.', '')}-L{layers}"
     marker = d / ".bench-complete"

@@ -29,7 +29,6 @@ from .writer import PlannedTensor
 
 SIGLIP_POS_ROWS = 4900  # clip.cpp buckets positions on a hard-coded 70x70 grid (4707-4715)
 DOWNSAMPLE_MODES = {"16x": 4, "4x": 2}  # -> clip.vision.projector.scale_factor (n_merge)
-CLIP_WA_LAYER_INDEXES = "clip.vision.wa_layer_indexes"  # INT32 array (clip.cpp get_arr_int)
 
 VT = "model.vision_tower."
 MERGER = "model.merger."
@@ -235,7 +234,7 @@ def add_merger_mmproj_metadata(w: GGUFWriter, hp: MergerVisionHParams) -> None:
     w.add_vision_image_mean(list(hp.image_mean))
     w.add_vision_image_std(list(hp.image_std))
     w.add_uint32(schema.CLIP_SCALE_FACTOR_U32, hp.scale_factor)  # UINT32, asserted 2 or 4
-    w.add_array(CLIP_WA_LAYER_INDEXES, [int(hp.insert_layer_id)])  # python ints -> INT32 array
+    w.add_array(schema.CLIP_WA_LAYER_INDEXES_I32, [int(hp.insert_layer_id)])  # python ints -> INT32 array
     w.add_vision_use_gelu(True)  # SigLIP's gelu_pytorch_tanh == ggml_gelu
     w.add_vision_attention_layernorm_eps(hp.eps)
     w.add_string(schema.EDGE_DOWNSAMPLE_MODE, hp.downsample_mode)

@@ -30,6 +30,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, MODEL_ARCH
 
+from minicpmv_edge import schema
 from minicpmv_edge.errors import CheckpointError, UnsupportedModelError
 
 from .dtypes import text_tensor_type
@@ -39,7 +40,6 @@ from .writer import PlannedTensor
 
 ARCH = MODEL_ARCH.QWEN35
 ARCH_NAME = gguf.MODEL_ARCH_NAMES[ARCH]  # "qwen35"
-KEY_RECURRENT_LAYERS = "{arch}.attention.recurrent_layers"  # missing from PyPI gguf's writer (llama-arch.cpp:305)
 DEFAULT_MROPE_SECTION = [11, 11, 10, 0]  # written when the config has none; the loader requires the key
 
 _LM = "model.language_model."
@@ -297,6 +297,6 @@ def add_qwen35_hparams(w: GGUFWriter, hp: Qwen35HParams) -> None:
     w.add_ssm_group_count(hp.n_k_heads)
     w.add_ssm_time_step_rank(hp.n_v_heads)
     w.add_ssm_inner_size(hp.head_v_dim * hp.n_v_heads)
-    w.add_array(KEY_RECURRENT_LAYERS.format(arch=ARCH_NAME), [t == "linear_attention" for t in hp.layer_types])
+    w.add_array(schema.LLM_RECURRENT_LAYERS.format(arch=ARCH_NAME), [t == "linear_attention" for t in hp.layer_types])
     w.add_full_attention_interval(hp.full_attention_interval)
     w.add_rope_dimension_count(hp.rope_dim)

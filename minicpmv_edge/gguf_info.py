@@ -159,7 +159,7 @@ def pair_problems(text: GGUFInfo, mm: GGUFInfo) -> list[str]:
     if ptype == schema.PROJECTOR_MINICPMV4_6:
         if mm.kv_types.get(schema.CLIP_SCALE_FACTOR_U32) != 4:  # 4 = UINT32
             problems.append("clip.vision.projector.scale_factor is missing or not UINT32 (llama.cpp would abort)")
-        if mm.array_types.get("clip.vision.wa_layer_indexes") != 5:  # INT32 array
+        if mm.array_types.get(schema.CLIP_WA_LAYER_INDEXES_I32) != 5:  # INT32 array
             problems.append("clip.vision.wa_layer_indexes is missing or not an INT32 array (llama.cpp would abort)")
     want_type = text.get(schema.EDGE_PROJECTOR_TYPE)
     if want_type is not None and ptype != want_type:

@@ -24,6 +24,8 @@ CLIP_HAS_VISION = "clip.has_vision_encoder"
 CLIP_IMAGE_SIZE = "clip.vision.image_size"
 CLIP_PROJECTION_DIM = "clip.vision.projection_dim"
 CLIP_SCALE_FACTOR_U32 = "clip.vision.projector.scale_factor"
+CLIP_WA_LAYER_INDEXES_I32 = "clip.vision.wa_layer_indexes"  # INT32 array (clip.cpp get_arr_int)
+LLM_RECURRENT_LAYERS = "{arch}.attention.recurrent_layers"  # bool array; no PyPI gguf helper (llama-arch.cpp:305)
 PROJECTOR_RESAMPLER = "resampler"  # clip-impl.h PROJECTOR_TYPE_MINICPMV
 PROJECTOR_MINICPMV4_6 = "minicpmv4_6"  # missing from PyPI gguf's VisionProjectorType
 
