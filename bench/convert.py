@@ -50,9 +50,7 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -273,27 +271,9 @@ def layers_46_for(target_bytes: int, fx46: Path) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- llama.cpp
 
 def find_llama_cpp(work: Path, override: str | None) -> Path:
-    from importlib.metadata import version
+    import llama_tools  # the installed llama-cpp-python's own llama.cpp source (downloaded if absent)
 
-    if override:
-        return Path(override)
-    ver = version("llama-cpp-python")
-    for base in (Path("/work/sdist"), work / "sdist"):
-        p = base / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp"
-        if (p / "convert_hf_to_gguf.py").exists():
-            return p
-    dest = work / "sdist"
-    dest.mkdir(parents=True, exist_ok=True)
-    print(f"  downloading the llama-cpp-python {ver} sdist into {dest}")
-    subprocess.run([python_exe(), "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    f"llama-cpp-python=={ver}", "-d", str(dest)], check=True)
-    tgz = next(dest.glob(f"llama_cpp_python-{ver}.tar.gz"))
-    with tarfile.open(tgz) as tf:
-        tf.extractall(dest, filter="data")
-    return dest / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp"
-
-
-# ----------------------------------------------------------------------------- runs
+    return Path(override) if override else llama_tools.llama_source()
 
 def _out_bytes(d: Path) -> int:
     return sum(f.stat().st_size for f in d.glob("*.gguf"))

@@ -18,12 +18,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gguf import GGUFType, GGUFWriter
+from gguf import GGUFWriter
 
 from minicpmv_edge import schema
 from minicpmv_edge.errors import CheckpointError, UnsupportedModelError
 
 from .dtypes import mmproj_tensor_type
+from .resampler_mmproj import add_siglip_keys
 from .safetensors_reader import Checkpoint
 from .writer import PlannedTensor
 
@@ -221,22 +222,9 @@ def plan_merger_mmproj(ckpt: Checkpoint, hp: MergerVisionHParams, outtype) -> tu
 
 def add_merger_mmproj_metadata(w: GGUFWriter, hp: MergerVisionHParams) -> None:
     """Keys and exact types clip.cpp reads for PROJECTOR_TYPE_MINICPMV4_6 (clip.cpp:1221-1478)."""
-    w.add_type(GGUFType.MMPROJ)
-    w.add_bool(schema.CLIP_HAS_VISION, True)
-    w.add_string(schema.CLIP_PROJECTOR_TYPE, schema.PROJECTOR_MINICPMV4_6)
-    w.add_vision_projection_dim(hp.text_n_embd)
-    w.add_vision_image_size(hp.image_size)
-    w.add_vision_patch_size(hp.patch_size)
-    w.add_vision_embedding_length(hp.n_embd)
-    w.add_vision_feed_forward_length(hp.n_ff)
-    w.add_vision_block_count(hp.n_layer)
-    w.add_vision_head_count(hp.n_head)
-    w.add_vision_image_mean(list(hp.image_mean))
-    w.add_vision_image_std(list(hp.image_std))
+    add_siglip_keys(w, schema.PROJECTOR_MINICPMV4_6, hp, hp.image_mean, hp.image_std)
     w.add_uint32(schema.CLIP_SCALE_FACTOR_U32, hp.scale_factor)  # UINT32, asserted 2 or 4
     w.add_array(schema.CLIP_WA_LAYER_INDEXES_I32, [int(hp.insert_layer_id)])  # python ints -> INT32 array
-    w.add_vision_use_gelu(True)  # SigLIP's gelu_pytorch_tanh == ggml_gelu
-    w.add_vision_attention_layernorm_eps(hp.eps)
     w.add_string(schema.EDGE_DOWNSAMPLE_MODE, hp.downsample_mode)
 
 

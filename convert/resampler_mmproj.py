@@ -162,13 +162,13 @@ def _check_vision_shape(ckpt: Checkpoint, src: str, name: str, shape: tuple[int,
                               ckpt.refs[src].file)
 
 
-def add_resampler_mmproj_metadata(w: GGUFWriter, hp: VisionHParams, projector_version: int) -> None:
-    """Keys and exact types clip.cpp reads for PROJECTOR_TYPE_MINICPMV (clip.cpp:1221-1415)."""
+def add_siglip_keys(w: GGUFWriter, projector_type: str, hp, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> None:
+    """The keys every MiniCPM-V mmproj carries for its SigLIP tower, with the exact types
+    clip.cpp reads (clip.cpp:1221-1415); `hp` has n_embd, n_ff, n_head, n_layer, patch_size,
+    image_size (the slice size, 448), text_n_embd and eps."""
     w.add_type(GGUFType.MMPROJ)
     w.add_bool(schema.CLIP_HAS_VISION, True)
-    w.add_string(schema.CLIP_PROJECTOR_TYPE, schema.PROJECTOR_RESAMPLER)
-    w.add_int32(schema.CLIP_MINICPMV_VERSION_I32, projector_version)
-    w.add_uint32(schema.CLIP_MINICPMV_QUERY_NUM_U32, hp.query_num)
+    w.add_string(schema.CLIP_PROJECTOR_TYPE, projector_type)
     w.add_vision_image_size(hp.image_size)
     w.add_vision_patch_size(hp.patch_size)
     w.add_vision_embedding_length(hp.n_embd)
@@ -177,6 +177,13 @@ def add_resampler_mmproj_metadata(w: GGUFWriter, hp: VisionHParams, projector_ve
     w.add_vision_block_count(hp.n_layer)
     w.add_vision_projection_dim(hp.text_n_embd)
     w.add_vision_attention_layernorm_eps(hp.eps)
-    w.add_vision_image_mean([0.5, 0.5, 0.5])  # MiniCPM-V's processor normalises with 0.5/0.5
-    w.add_vision_image_std([0.5, 0.5, 0.5])
+    w.add_vision_image_mean(list(mean))  # MiniCPM-V's processors normalise with 0.5/0.5
+    w.add_vision_image_std(list(std))
     w.add_vision_use_gelu(True)  # SigLIP's gelu_pytorch_tanh == ggml_gelu
+
+
+def add_resampler_mmproj_metadata(w: GGUFWriter, hp: VisionHParams, projector_version: int) -> None:
+    """PROJECTOR_TYPE_MINICPMV: the SigLIP keys plus the resampler's version and query count."""
+    add_siglip_keys(w, schema.PROJECTOR_RESAMPLER, hp)
+    w.add_int32(schema.CLIP_MINICPMV_VERSION_I32, projector_version)
+    w.add_uint32(schema.CLIP_MINICPMV_QUERY_NUM_U32, hp.query_num)
