@@ -35,7 +35,7 @@ from minicpmv_edge.errors import CheckpointError, UnsupportedModelError
 
 from .dtypes import text_tensor_type
 from .safetensors_reader import Checkpoint
-from .text_model import TextHParams, add_rope_scaling
+from .text_model import TextHParams, add_rope_scaling, add_shape_hparams
 from .writer import PlannedTensor
 
 ARCH = MODEL_ARCH.QWEN35
@@ -277,12 +277,7 @@ def _producer(ckpt: Checkpoint, src: str, local: str, hp: Qwen35HParams) -> Call
 def add_qwen35_hparams(w: GGUFWriter, hp: Qwen35HParams) -> None:
     """Every `qwen35.*` key llama.cpp's converter writes for a dense Qwen3.5 (no MTP)."""
     b = hp.base
-    w.add_block_count(b.n_layer)
-    w.add_context_length(b.n_ctx_train)
-    w.add_embedding_length(b.n_embd)
-    w.add_feed_forward_length(b.n_ff)
-    w.add_head_count(b.n_head)
-    w.add_head_count_kv(b.n_head_kv)
+    add_shape_hparams(w, b)
     kind = hp.rope_parameters.get("rope_type", hp.rope_parameters.get("type"))
     if kind not in (None, "default"):
         add_rope_scaling(w, replace(b, rope_scaling=hp.rope_parameters))

@@ -175,14 +175,19 @@ def _producer(ckpt: Checkpoint, src: str, name: str, spec: TextSpec) -> Callable
     return lambda: ckpt.load(src)
 
 
-def add_text_hparams(w: GGUFWriter, spec: TextSpec) -> None:
-    hp = spec.hp
+def add_shape_hparams(w: GGUFWriter, hp: TextHParams) -> None:
+    """The `{arch}.*` shape keys every llama.cpp text architecture reads."""
     w.add_context_length(hp.n_ctx_train)
     w.add_embedding_length(hp.n_embd)
     w.add_block_count(hp.n_layer)
     w.add_feed_forward_length(hp.n_ff)
     w.add_head_count(hp.n_head)
     w.add_head_count_kv(hp.n_head_kv)
+
+
+def add_text_hparams(w: GGUFWriter, spec: TextSpec) -> None:
+    hp = spec.hp
+    add_shape_hparams(w, hp)
     w.add_rope_freq_base(hp.rope_theta)
     w.add_layer_norm_rms_eps(hp.rms_eps)
     if hp.head_dim != hp.n_embd // hp.n_head or spec.arch == MODEL_ARCH.QWEN3:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 EXAMPLES = """examples:
@@ -31,6 +30,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ._output import emit
+
     from convert import convert
 
     def progress(kind, i, n, t):
@@ -49,12 +50,6 @@ def run(args) -> int:
         "seconds": round(res.seconds, 3),
         "source_mb": round(res.source_bytes / 1e6, 1),
     }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"family   {summary['family']}")
-        print(f"text     {summary['text']}")
-        print(f"mmproj   {summary['mmproj']}")
-        print(f"manifest {summary['manifest']}")
-        print(f"took     {summary['seconds']} s for {summary['source_mb']} MB")
+    emit(summary, args.json, [(k, summary[k]) for k in ("family", "text", "mmproj", "manifest")]
+         + [("took", f"{summary['seconds']} s for {summary['source_mb']} MB")])
     return 0

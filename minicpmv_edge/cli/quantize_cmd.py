@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 EXAMPLES = """examples:
   minicpmv-edge quantize out/v45/minicpmv-4.5-text-f16.gguf out/v45/text-q4_k_m.gguf --type Q4_K_M
@@ -33,6 +32,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ._output import emit
+
     from minicpmv_edge.gguf_info import read_info
 
     info = read_info(args.inp, tensors=False)
@@ -53,11 +54,6 @@ def run(args) -> int:
                             allow_requantize=args.allow_requantize, nthread=args.threads)
         summary = {"kind": "text", "out": str(res.path), "type": res.ftype, "bytes": res.bytes,
                    "seconds": round(res.seconds, 3), "input_bytes": res.input_bytes}
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"{summary['kind']:<7}{summary['out']}")
-        print(f"type   {summary['type']}")
-        print(f"size   {summary['bytes'] / 1e6:.1f} MB")
-        print(f"took   {summary['seconds']} s")
+    emit(summary, args.json, [(summary["kind"], summary["out"]), ("type", summary["type"]),
+                              ("size", f"{summary['bytes'] / 1e6:.1f} MB"), ("took", f"{summary['seconds']} s")])
     return 0
