@@ -44,7 +44,7 @@ def build_cli() -> Path:
 def make_model(work: Path, tiny: bool, hidden: int, layers: int) -> tuple[str, str, str]:
     from minicpmv_edge.fixtures import families as F
     from minicpmv_edge.fixtures import make_checkpoint
-    from convert import convert
+    from minicpmv_edge.convert import convert
 
     tag = "tiny" if tiny else f"h{hidden}-l{layers}"
     if not tiny:  # MiniCPM4-shaped text: GQA 16/2 heads of 64, SwiGLU 2.75x
@@ -55,7 +55,7 @@ def make_model(work: Path, tiny: bool, hidden: int, layers: int) -> tuple[str, s
     res = None
     if not q.exists():
         res = convert(make_checkpoint("minicpmv-4.0", work / f"ckpt-{tag}", seed=0), out)
-        from quantize.llama import quantize_text
+        from minicpmv_edge.quantize.llama import quantize_text
 
         quantize_text(res.text_path, q, "Q4_K_M")
     mm = next(out.glob("*-mmproj-*.gguf"))

@@ -29,7 +29,7 @@ import llama_tools  # noqa: E402
 OURS = r"""
 import sys
 from PIL import Image
-from edge_runtime import MiniCPMV
+from minicpmv_edge.edge_runtime import MiniCPMV
 m = MiniCPMV(sys.argv[1], sys.argv[2], n_ctx=4096, n_threads=int(sys.argv[4]))
 r = m.chat([{"role": "user", "content": [Image.open(sys.argv[3]), "Describe the image."]}],
            temperature=0, max_tokens=16)
@@ -49,9 +49,9 @@ def main(argv=None) -> int:
     spec = importlib.util.spec_from_file_location("bench_convert", BENCH / "convert.py")
     conv_bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conv_bench)
-    from convert import convert
+    from minicpmv_edge.convert import convert
     from minicpmv_edge.manifest import Manifest
-    from quantize.llama import quantize_text
+    from minicpmv_edge.quantize.llama import quantize_text
 
     ckpt, size = conv_bench.make_checkpoint(work, "4.0", 32)
     out = work / "gguf-v40-L32"
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         quantize_text(f16, q, "Q4_K_M")
     mm_q8 = out / "mmproj-Q8_0.gguf"
     if not mm_q8.exists():
-        from quantize.mmproj import quantize_mmproj
+        from minicpmv_edge.quantize.mmproj import quantize_mmproj
 
         quantize_mmproj(mmproj, mm_q8, "Q8_0")  # SigLIP's 4304-wide rows stay F16
     import numpy as np
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
     img = work / "bench-448.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (448, 448, 3), dtype=np.uint8)).save(img)
-    from edge_runtime.engine import cpu_has_amx
+    from minicpmv_edge.edge_runtime.engine import cpu_has_amx
 
     runs = {
         "C bridge": [sys.executable, str(BENCH / "bridge.py"), "--child", "--text", str(q), "--mmproj", str(mmproj),

@@ -47,7 +47,7 @@ def make_f16(path: Path, layers: int, vocab: int) -> Path:
     """Qwen3-8B-shaped F16 text GGUF with random weights (streamed, one tensor in memory)."""
     from gguf import GGMLQuantizationType as Q
 
-    from convert.writer import PlannedTensor, write_gguf
+    from minicpmv_edge.convert.writer import PlannedTensor, write_gguf
 
     if path.exists():
         return path
@@ -87,7 +87,7 @@ def make_f16(path: Path, layers: int, vocab: int) -> Path:
 
 
 def bench_speed(work: Path, layers: int, vocab: int, reps: int, qtype: str) -> dict:
-    from quantize.llama import quantize_text
+    from minicpmv_edge.quantize.llama import quantize_text
 
     exe = build_llama_quantize(work)
     f16 = make_f16(work / f"qwen3-4.5shape-{layers}l-{vocab}v-f16.gguf", layers, vocab)
@@ -138,11 +138,11 @@ def _float_checkpoint(src: Path, dst: Path, ref: dict) -> Path:
 
 
 def bench_int4(work: Path) -> list[dict]:
-    from convert import convert
+    from minicpmv_edge.convert import convert
     from minicpmv_edge.fixtures import make_checkpoint
-    from quantize.int4_pack import make_int4_checkpoint
-    from quantize.llama import quantize_text
-    from quantize.quality import text_quality
+    from minicpmv_edge.quantize.int4_pack import make_int4_checkpoint
+    from minicpmv_edge.quantize.llama import quantize_text
+    from minicpmv_edge.quantize.quality import text_quality
 
     base = work / "int4"
     ckpt = base / "fixture-4.5"

@@ -33,7 +33,7 @@ import llama_tools  # noqa: E402
 PROMPT = "Describe this image in detail."
 # On AMX CPUs llama.cpp's weight repacking segfaults (llama-mtmd-cli itself crashes here with
 # exit 139); our runtime turns repacking off there (edge_runtime/engine.py), so the anchor runs so too.
-from edge_runtime.engine import cpu_has_amx  # noqa: E402
+from minicpmv_edge.edge_runtime.engine import cpu_has_amx  # noqa: E402
 
 NO_REPACK = ["--no-repack"] if cpu_has_amx() else []
 FOLLOW_UP = "What is the main colour?"
@@ -41,7 +41,7 @@ FOLLOW_UP = "What is the main colour?"
 OURS = r"""
 import json, sys
 from PIL import Image
-from edge_runtime import MiniCPMV
+from minicpmv_edge.edge_runtime import MiniCPMV
 text, mmproj, image, n, threads = sys.argv[1:6]
 m = MiniCPMV(text, mmproj, n_ctx=4096, n_threads=int(threads), n_batch=512)
 img = Image.open(image)
@@ -56,7 +56,7 @@ print("RESULT " + json.dumps({"t1": r1.timings.as_dict(), "t2": r2.timings.as_di
 
 
 def prepare_model(work: Path, layers: int, quant: str | None, log=print) -> tuple[Path, Path]:
-    from convert import convert
+    from minicpmv_edge.convert import convert
 
     conv_bench = _load_convert_bench()  # bench/convert.py writes synthetic checkpoints with real shapes
     ckpt, _ = conv_bench.make_checkpoint(work, "4.5", layers, log=log)
@@ -73,7 +73,7 @@ def prepare_model(work: Path, layers: int, quant: str | None, log=print) -> tupl
         qpath = out / f"text-{quant}.gguf"
         if not qpath.exists():
             log(f"quantizing text model to {quant}")
-            from quantize.llama import quantize_text
+            from minicpmv_edge.quantize.llama import quantize_text
 
             quantize_text(text, qpath, quant)
         text = qpath

@@ -51,7 +51,7 @@ def build_llama_server(*_args, **_kw) -> Path:
 def fixture_folder(family: str) -> Path:
     out = CACHE / "bench-server" / f"out-{family}"
     if not (out / "manifest.json").is_file():
-        from convert import convert
+        from minicpmv_edge.convert import convert
         from minicpmv_edge.fixtures import make_checkpoint
 
         convert(make_checkpoint(family, CACHE / "bench-server" / f"ckpt-{family}", seed=0), out, outtype="f16")

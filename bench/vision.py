@@ -102,7 +102,7 @@ def write_checkpoint(out: Path, E: int, seed: int = 0) -> Path:
 
 
 def bench_mtmd(text: Path, mmproj: Path, rgb: np.ndarray, threads: int, runs: int) -> list[float]:
-    from edge_runtime.engine import Bitmap, Model, Vision
+    from minicpmv_edge.edge_runtime.engine import Bitmap, Model, Vision
 
     model = Model(str(text))
     vis = Vision(str(mmproj), model, n_threads=threads)
@@ -121,7 +121,7 @@ def bench_mtmd(text: Path, mmproj: Path, rgb: np.ndarray, threads: int, runs: in
 
 
 def bench_onnx(export_dir: Path, precision: str, rgb: np.ndarray, threads: int, runs: int) -> list[float]:
-    from edge_runtime.external_encoder import OnnxVisionEncoder
+    from minicpmv_edge.edge_runtime.external_encoder import OnnxVisionEncoder
 
     enc = OnnxVisionEncoder(export_dir, precision=precision, n_threads=threads)
     (px,) = enc.slices(rgb)
@@ -149,8 +149,8 @@ def main() -> int:
     t = time.perf_counter()
     if not (ckpt / "model.safetensors").exists():
         write_checkpoint(ckpt, args.text_hidden)
-    from convert import convert
-    from convert.vision_export import export_vision
+    from minicpmv_edge.convert import convert
+    from minicpmv_edge.convert.vision_export import export_vision
 
     res = convert(ckpt, conv_dir)
     export_vision(ckpt, onnx_dir, "onnx", grids=[(32, 32)], precisions=tuple(precs), verify=False)

@@ -59,14 +59,14 @@ def convert(
     config = families.read_config(src)
     fam = families.by_name(family) if family else families.detect(config, src)
     if quant:
-        from quantize.llama import parse_ftype
+        from minicpmv_edge.quantize.llama import parse_ftype
 
         quant = parse_ftype(quant)  # unknown types fail before any work
     ckpt, int4 = _open_checkpoint(src, config)
     try:
         plan = fam().plan(src, ckpt, config, qtype)
         if int4 is not None:
-            from quantize.int4 import plan_repack
+            from minicpmv_edge.quantize.int4 import plan_repack
 
             plan.text_tensors = plan_repack(plan.text_tensors, ckpt, int4)
             if int4.dequantized:
@@ -132,7 +132,7 @@ def convert(
 
 def _open_checkpoint(src: Path, config: dict):
     ckpt = Checkpoint(src)
-    from quantize.int4 import Int4Checkpoint, Int4Config, Int4Report
+    from minicpmv_edge.quantize.int4 import Int4Checkpoint, Int4Config, Int4Report
 
     try:
         cfg = Int4Config.from_config(config)
@@ -147,7 +147,7 @@ def _open_checkpoint(src: Path, config: dict):
 def _quantize_text(text_path: Path, mm_path: Path, q_path: Path, quant: str, int4, keep: bool,
                    files: dict) -> Path:
     """llama.cpp quantizes the text file; on failure the whole new pair goes, as for convert."""
-    from quantize.llama import quantize_text
+    from minicpmv_edge.quantize.llama import quantize_text
 
     keep_types = {n: int(getattr(Q, t)) for n, t in int4.repacked.items()} if int4 is not None else {}
     try:

@@ -1,6 +1,6 @@
 """The public Python API: load a converted pair, chat with images, video and thinking.
 
-    from edge_runtime import MiniCPMV
+    from minicpmv_edge.edge_runtime import MiniCPMV
     m = MiniCPMV.from_folder("out/minicpmv45")          # or MiniCPMV("text.gguf", "mmproj.gguf")
     r = m.chat([{"role": "user", "content": [PIL.Image.open("a.jpg"), "What is this?"]}])
     print(r.text, r.reasoning, r.timings)

@@ -248,7 +248,7 @@ class Int4Checkpoint:
 
 def plan_repack(tensors: list, ckpt: Int4Checkpoint, report: Int4Report) -> list:
     """Swap planned tensors that are an untransformed int4 source for their lossless Q4_0/Q4_1 encoding."""
-    from convert.writer import PlannedTensor
+    from minicpmv_edge.convert.writer import PlannedTensor
 
     out, done = [], set()
     for t in tensors:

@@ -239,7 +239,7 @@ def _run(inp: Path, tmp: Path, ftype: int, imatrix: Imatrix | None, ott, tet, al
     """One llama_model_quantize call; returns None on success, llama.cpp's error text otherwise."""
     import llama_cpp as L
 
-    from edge_runtime.engine import init_backend
+    from minicpmv_edge.edge_runtime.engine import init_backend
 
     init_backend()  # routes llama.cpp's log into `logging` (edge_runtime.engine)
     p = L.llama_model_quantize_default_params()
@@ -286,7 +286,7 @@ def _run(inp: Path, tmp: Path, ftype: int, imatrix: Imatrix | None, ott, tet, al
         tt[len(keep_types)].type = 43  # GGML_TYPE_COUNT (ggml.h:433) sentinel beside the NULL pattern (quantize.cpp:551)
         keep_alive += [pats, tt]
         p.tt_overrides = ctypes.cast(tt, ctypes.POINTER(L.llama_model_tensor_override))
-    engine_log = logging.getLogger("edge_runtime.engine")
+    engine_log = logging.getLogger("minicpmv_edge.edge_runtime.engine")
     cap = _Capture()
     engine_log.addHandler(cap)
     prev = engine_log.propagate

@@ -34,7 +34,7 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import dequantize
 
-from convert.writer import PlannedTensor, write_gguf
+from minicpmv_edge.convert.writer import PlannedTensor, write_gguf
 from minicpmv_edge.errors import GGUFError, InputError
 
 log = logging.getLogger(__name__)

@@ -87,7 +87,7 @@ def _chunks(tokens: list[int], chunk: int) -> list[list[int]]:
 
 
 def _logits_pass(path: str, chunks: list[list[int]], n_threads: int | None):
-    from edge_runtime.engine import Context, Model
+    from minicpmv_edge.edge_runtime.engine import Context, Model
 
     model = Model(path)
     size = max(len(c) for c in chunks)
@@ -103,7 +103,7 @@ def _logits_pass(path: str, chunks: list[list[int]], n_threads: int | None):
 
 def text_quality(ref: str | os.PathLike[str], cand: str | os.PathLike[str], chunk: int = 128,
                  text: str | None = None, n_threads: int | None = None) -> TextQuality:
-    from edge_runtime.engine import Model
+    from minicpmv_edge.edge_runtime.engine import Model
 
     ref, cand = str(ref), str(cand)
     vocab_ref = Model(ref, vocab_only=True)
@@ -140,7 +140,7 @@ def text_quality(ref: str | os.PathLike[str], cand: str | os.PathLike[str], chun
 def vision_quality(text_model: str | os.PathLike[str], mm_ref: str | os.PathLike[str],
                    mm_cand: str | os.PathLike[str], images: list[tuple[str, np.ndarray]] | None = None,
                    n_threads: int | None = None) -> VisionQuality:
-    from edge_runtime.engine import CHUNK_IMAGE, Bitmap, Model, Vision
+    from minicpmv_edge.edge_runtime.engine import CHUNK_IMAGE, Bitmap, Model, Vision
 
     images = image_set() if images is None else images
     model = Model(str(text_model))

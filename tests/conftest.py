@@ -28,7 +28,7 @@ class _Store:
     def converted(self, family: str, outtype: str = "f16"):
         key = (family, outtype)
         if key not in self._conv:
-            from convert import convert
+            from minicpmv_edge.convert import convert
 
             self._conv[key] = convert(self.checkpoint(family), self.root / f"out-{family}-{outtype}", outtype=outtype)
         return self._conv[key]

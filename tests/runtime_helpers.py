@@ -36,7 +36,7 @@ def greedy_by_hand(text_path: str, mmproj_path: str, prompt: str, rgbs: list[np.
     import llama_cpp as L
     import llama_cpp.mtmd_cpp as M
 
-    from edge_runtime.engine import cpu_has_amx, init_backend
+    from minicpmv_edge.edge_runtime.engine import cpu_has_amx, init_backend
 
     init_backend()
     mp = L.llama_model_default_params()

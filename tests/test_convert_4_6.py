@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from convert import convert
+from minicpmv_edge.convert import convert
 from minicpmv_edge import schema
 from minicpmv_edge.gguf_info import check_pair, read_info
 
@@ -115,7 +115,7 @@ def test_mtp_tensors_are_consumed_not_written(ckpts, tmp_path):
 
 
 def test_family_is_detected(ckpts):
-    from convert import families
+    from minicpmv_edge.convert import families
 
     for fam, path in ckpts.items():
         assert families.detect(families.read_config(path), path).name == "minicpmv-4.6"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from convert import convert
+from minicpmv_edge.convert import convert
 from minicpmv_edge.errors import CheckpointError, Interrupted, OutputError, UnsupportedModelError
 
 
@@ -113,6 +113,6 @@ def test_bad_outtype_and_missing_dir(tmp_path):
     r = cli("convert", str(tmp_path / "nope"), "-o", str(tmp_path / "out"))
     assert r.returncode == 2 and "does not exist" in r.stderr and "nope" in r.stderr
     with pytest.raises(OutputError):
-        from convert.writer import write_gguf
+        from minicpmv_edge.convert.writer import write_gguf
 
         write_gguf(tmp_path / "missing" / "x.gguf", "llama", lambda w: None, [])

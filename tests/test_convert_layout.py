@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q, GGUFReader, GGUFValueType
 
-from convert.safetensors_reader import Checkpoint
+from minicpmv_edge.convert.safetensors_reader import Checkpoint
 from minicpmv_edge import schema
 from minicpmv_edge.gguf_info import check_pair, read_info
 
@@ -91,7 +91,7 @@ def test_text_vocab_and_metadata(store, family):
 
 
 def test_sharded_checkpoint_gives_identical_tensors(store, tmp_path):
-    from convert import convert
+    from minicpmv_edge.convert import convert
 
     single = store.converted("minicpmv-4.5")
     sharded = convert(store.checkpoint("minicpmv-4.5", shards=3), tmp_path / "sharded")
@@ -104,8 +104,8 @@ def test_sharded_checkpoint_gives_identical_tensors(store, tmp_path):
 
 @pytest.mark.parametrize("outtype,qtype", [("bf16", Q.BF16), ("q8_0", Q.Q8_0), ("f32", Q.F32)])
 def test_outtypes_load_and_run_in_llama_cpp(store, tmp_path, outtype, qtype):
-    from convert import convert
-    from edge_runtime.engine import Context, Model
+    from minicpmv_edge.convert import convert
+    from minicpmv_edge.edge_runtime.engine import Context, Model
 
     res = convert(store.checkpoint("minicpmv-4.5"), tmp_path / outtype, outtype=outtype)
     r = GGUFReader(res.text_path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.engine import CHUNK_IMAGE, Bitmap, Context, Model, Vision
+from minicpmv_edge.edge_runtime.engine import CHUNK_IMAGE, Bitmap, Context, Model, Vision
 from tests.reference import reference_for
 
 FAMILIES = ["minicpmv-2.6", "minicpmv-4.0", "minicpmv-4.5", "minicpmv-4.6", "minicpmv-4.6-4x"]

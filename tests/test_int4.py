@@ -8,10 +8,10 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from convert import convert
+from minicpmv_edge.convert import convert
 from minicpmv_edge.errors import UnsupportedModelError
-from quantize.int4 import AWQ_ORDER, Int4Config, repack, unpack_awq, unpack_gptq
-from quantize.int4_pack import dequant, make_int4_checkpoint, pack_awq, pack_gptq, rtn
+from minicpmv_edge.quantize.int4 import AWQ_ORDER, Int4Config, repack, unpack_awq, unpack_gptq
+from minicpmv_edge.quantize.int4_pack import dequant, make_int4_checkpoint, pack_awq, pack_gptq, rtn
 
 LINEAR = "llm.model.layers.{i}.{kind}.weight"
 NAMES = {"blk.{i}.attn_q.weight": "self_attn.q_proj", "blk.{i}.ffn_down.weight": "mlp.down_proj",
@@ -29,7 +29,7 @@ def written(path) -> dict:
 
 
 def runs(path):
-    from edge_runtime.engine import Context, Model
+    from minicpmv_edge.edge_runtime.engine import Context, Model
 
     m = Model(str(path))
     c = Context(m, n_ctx=64, n_batch=64, n_threads=1)

@@ -181,9 +181,9 @@ CONVERSATIONS = [
 
 @pytest.mark.parametrize("family", ["minicpmv-2.6", "minicpmv-4.0", "minicpmv-4.5", "minicpmv-4.6"])
 def test_prompt_text_matches_python(store, bridge, image_png, family):
-    from edge_runtime.api import MiniCPMV
-    from edge_runtime.media import load_image
-    from edge_runtime.messages import Turn
+    from minicpmv_edge.edge_runtime.api import MiniCPMV
+    from minicpmv_edge.edge_runtime.media import load_image
+    from minicpmv_edge.edge_runtime.messages import Turn
 
     text, mm = pair(store, family)
     py = MiniCPMV(text, mm, n_ctx=512)
@@ -287,8 +287,8 @@ def test_external_encoder_hook(store, bridge, family):
     import numpy as np
     from gguf import GGUFReader
 
-    from edge_runtime.engine import CHUNK_IMAGE, Bitmap, Model, Vision
-    from edge_runtime.external_encoder import slice_plan
+    from minicpmv_edge.edge_runtime.engine import CHUNK_IMAGE, Bitmap, Model, Vision
+    from minicpmv_edge.edge_runtime.external_encoder import slice_plan
 
     lib = bridge.lib
     assert lib.mcv_version_number() >= 2000 and lib.mcv_abi_version() == 1

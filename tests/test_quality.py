@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from quantize.llama import quantize_text
-from quantize.quality import corpus_text, image_set, text_quality
+from minicpmv_edge.quantize.llama import quantize_text
+from minicpmv_edge.quantize.quality import corpus_text, image_set, text_quality
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from gguf import GGUFWriter
 
 from minicpmv_edge.errors import GGUFError, InputError
 from minicpmv_edge.gguf_info import read_info
-from quantize.llama import NEEDS_IMATRIX, SUPPORTED, quantize_text
-from quantize.mmproj import quantize_mmproj
+from minicpmv_edge.quantize.llama import NEEDS_IMATRIX, SUPPORTED, quantize_text
+from minicpmv_edge.quantize.mmproj import quantize_mmproj
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -32,7 +32,7 @@ def f16(store):
 
 
 def runs(path: Path) -> np.ndarray:
-    from edge_runtime.engine import Context, Model
+    from minicpmv_edge.edge_runtime.engine import Context, Model
 
     m = Model(str(path))
     c = Context(m, n_ctx=64, n_batch=64, n_threads=1)
@@ -175,14 +175,14 @@ def test_mmproj_q8_0_rules(f16, tmp_path):
     with pytest.raises(InputError, match="not a vision projector"):
         quantize_mmproj(f16.text_path, tmp_path / "x.gguf", "Q8_0")
 
-    from quantize.quality import image_set, vision_quality
+    from minicpmv_edge.quantize.quality import image_set, vision_quality
 
     v = vision_quality(f16.text_path, f16.mmproj_path, out, image_set(small=True)[:2], n_threads=1)
     assert v.cos_min > 0.99 and v.n_embeddings > 0
 
 
 def test_convert_with_quant(store, tmp_path):
-    from convert import convert
+    from minicpmv_edge.convert import convert
     from minicpmv_edge.manifest import Manifest
 
     ckpt = store.checkpoint("minicpmv-4.5")

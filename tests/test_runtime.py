@@ -9,8 +9,8 @@ import jinja2
 import pytest
 from PIL import Image
 
-from edge_runtime import MiniCPMV
-from edge_runtime.messages import normalize
+from minicpmv_edge.edge_runtime import MiniCPMV
+from minicpmv_edge.edge_runtime.messages import normalize
 from minicpmv_edge.gguf_info import read_info
 from tests.runtime_helpers import greedy_by_hand, make_video, noise_image
 
@@ -169,6 +169,6 @@ def test_offload_flags_reach_llama_cpp(store):
     assert m.vision.params.use_gpu is True and m.vision.params.n_threads == 2
     assert m._ctx.n_threads == 2
     m.close()
-    from edge_runtime.engine import physical_cores
+    from minicpmv_edge.edge_runtime.engine import physical_cores
 
     assert 1 <= physical_cores() <= (__import__("os").cpu_count() or 1)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_runtime import MiniCPMV
-from edge_runtime.media import MediaLimits, load_image
+from minicpmv_edge.edge_runtime import MiniCPMV
+from minicpmv_edge.edge_runtime.media import MediaLimits, load_image
 from minicpmv_edge.errors import ContextOverflowError, EdgeError, GGUFError, InputError, MediaError, MismatchError
 from tests.runtime_helpers import make_video, noise_image
 

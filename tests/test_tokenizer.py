@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
-from edge_runtime.engine import Model
+from minicpmv_edge.edge_runtime.engine import Model
 
 STRINGS = [
     "Hello, world!", "hello world", " leading space", "trailing space ", "  two leading", "multiple   spaces   here",

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 
-from convert.vision_export import export_vision  # noqa: E402
+from minicpmv_edge.convert.vision_export import export_vision  # noqa: E402
 from minicpmv_edge.errors import InputError, MediaError, MismatchError, UnsupportedModelError  # noqa: E402
 
 from tests.runtime_helpers import noise_image  # noqa: E402
@@ -39,7 +39,7 @@ def onnx_exports(store, tmp_path_factory):
 
     def get(family):
         if family not in cache:
-            from edge_runtime.external_encoder import slice_plan
+            from minicpmv_edge.edge_runtime.external_encoder import slice_plan
 
             def grids(sl):
                 out = list(GRIDS)
@@ -61,7 +61,7 @@ FAMILIES = ["minicpmv-2.6", "minicpmv-4.0", "minicpmv-4.5", "minicpmv-4.6", "min
 def test_onnx_matches_torch_module_and_reference(store, onnx_exports, family):
     import torch
 
-    from convert.vision_export.onnx_export import example_inputs, run_onnx
+    from minicpmv_edge.convert.vision_export.onnx_export import example_inputs, run_onnx
     from tests.reference import reference_for
 
     res = onnx_exports(family)
@@ -70,7 +70,7 @@ def test_onnx_matches_torch_module_and_reference(store, onnx_exports, family):
     # 1. the export module is the reference forward
     rgb = noise_image(448, 448, seed=3)
     ref = reference_for(family)(store.checkpoint(family)).image_embeddings(rgb)
-    from edge_runtime.external_encoder import position_inputs, preprocess
+    from minicpmv_edge.edge_runtime.external_encoder import position_inputs, preprocess
 
     px = preprocess(rgb, m["image_mean"], m["image_std"])[0]
     idx = position_inputs(m["graph"], 32, 32, m.get("use_vit_merger", True))
@@ -95,14 +95,14 @@ def test_onnx_matches_torch_module_and_reference(store, onnx_exports, family):
     assert on_disk["family"] == family.replace("-4x", "") and on_disk["format"] == "onnx"
     assert [i["name"] for i in on_disk["inputs"]] == list(mod.input_names)
     assert on_disk["outputs"][0]["name"] == "embeddings" and on_disk["image_mean"] == [0.5, 0.5, 0.5]
-    from convert.vision_export.build import state_sha256
+    from minicpmv_edge.convert.vision_export.build import state_sha256
 
     assert on_disk["module"]["state_sha256"] == state_sha256(mod)
 
 
 def test_coreml_package_spec_and_module_identity(store, onnx_exports, tmp_path):
-    from convert.vision_export.build import build, state_sha256
-    from convert.vision_export.coreml_export import describe_spec
+    from minicpmv_edge.convert.vision_export.build import build, state_sha256
+    from minicpmv_edge.convert.vision_export.coreml_export import describe_spec
 
     family = "minicpmv-4.6"
     res = export_vision(store.checkpoint(family), tmp_path / "ane", "coreml", grids=[(28, 36)])
@@ -124,9 +124,9 @@ def test_coreml_package_spec_and_module_identity(store, onnx_exports, tmp_path):
 
 @pytest.mark.parametrize("family", ["minicpmv-4.5", "minicpmv-4.6"])
 def test_external_encoder_matches_mtmd(store, onnx_exports, family):
-    from edge_runtime import MiniCPMV
-    from edge_runtime.engine import Bitmap
-    from edge_runtime.external_encoder import OnnxVisionEncoder
+    from minicpmv_edge.edge_runtime import MiniCPMV
+    from minicpmv_edge.edge_runtime.engine import Bitmap
+    from minicpmv_edge.edge_runtime.external_encoder import OnnxVisionEncoder
 
     conv = store.converted(family)
     enc = OnnxVisionEncoder(onnx_exports(family).out_dir, n_threads=2)
@@ -155,8 +155,8 @@ def test_external_encoder_matches_mtmd(store, onnx_exports, family):
 
 
 def test_bad_inputs(store, onnx_exports, tmp_path):
-    from edge_runtime import MiniCPMV
-    from edge_runtime.external_encoder import OnnxVisionEncoder
+    from minicpmv_edge.edge_runtime import MiniCPMV
+    from minicpmv_edge.edge_runtime.external_encoder import OnnxVisionEncoder
     from minicpmv_edge.cli import main
 
     # unsupported family

@@ -1,6 +1,6 @@
 """Export MiniCPM-V's vision tower + resampler/merger as one graph (ONNX or CoreML).
 
-    from convert.vision_export import export_vision
+    from minicpmv_edge.convert.vision_export import export_vision
     res = export_vision("ckpt/", "out/vision-onnx", "onnx", grids=[(32, 32), (28, 36)])
 
 Optional extra `vision-export` (torch, onnx, onnxscript, coremltools, numpy<2.4); only

@@ -34,7 +34,7 @@ from .middleware import ApiKey, BodyLimit, RequestLog
 from .sources import MediaPolicy
 from .worker import Job, QueueFull, Worker
 
-log = logging.getLogger("edge_runtime.server")
+log = logging.getLogger("minicpmv_edge.edge_runtime.server")
 
 
 @dataclass(frozen=True)

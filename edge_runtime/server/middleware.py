@@ -10,7 +10,7 @@ import json
 import logging
 import time
 
-log = logging.getLogger("edge_runtime.server")
+log = logging.getLogger("minicpmv_edge.edge_runtime.server")
 
 
 def error_bytes(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:

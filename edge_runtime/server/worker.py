@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("edge_runtime.server")
+log = logging.getLogger("minicpmv_edge.edge_runtime.server")
 
 _WATCH_S = 0.02
 

@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
 
 
 def _load(args):
-    from edge_runtime import LoadOptions, MiniCPMV
+    from minicpmv_edge.edge_runtime import LoadOptions, MiniCPMV
     from minicpmv_edge.manifest import Manifest
 
     opts = LoadOptions(n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,

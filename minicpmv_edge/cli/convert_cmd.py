@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ._output import emit
 
-    from convert import convert
+    from minicpmv_edge.convert import convert
 
     def progress(kind, i, n, t):
         if not args.json and sys.stderr.isatty():

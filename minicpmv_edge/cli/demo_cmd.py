@@ -47,8 +47,8 @@ def _demo_image():
 
 
 def run(args) -> int:
-    from convert import convert
-    from edge_runtime import MiniCPMV
+    from minicpmv_edge.convert import convert
+    from minicpmv_edge.edge_runtime import MiniCPMV
     from minicpmv_edge.fixtures import FAMILIES, make_checkpoint
     from minicpmv_edge.errors import InputError
 

@@ -23,7 +23,7 @@ COMMON_SIZES = [(448, 448), (640, 480), (480, 640), (800, 600), (600, 800), (102
 
 def common_grids(slicing: dict) -> list[tuple[int, int]]:
     """Patch grids (rows, cols) of every chunk mtmd makes of COMMON_SIZES."""
-    from edge_runtime.external_encoder import slice_plan
+    from minicpmv_edge.edge_runtime.external_encoder import slice_plan
 
     p = int(slicing["patch_size"])
     grids: list[tuple[int, int]] = [(slicing["image_size"] // p, slicing["image_size"] // p)]
@@ -52,7 +52,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from convert.vision_export import export_vision, parse_grid
+    from minicpmv_edge.convert.vision_export import export_vision, parse_grid
 
     grids = [parse_grid(g) for g in args.grids.split(",")] if args.grids else common_grids
     precisions = tuple(x.strip() for x in args.precision.split(",") if x.strip())

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from minicpmv_edge.errors import InputError
-    from quantize.quality import as_dict, text_quality, vision_quality
+    from minicpmv_edge.quantize.quality import as_dict, text_quality, vision_quality
 
     if bool(args.mmproj_ref) != bool(args.mmproj):
         raise InputError("--mmproj-ref and --mmproj go together")

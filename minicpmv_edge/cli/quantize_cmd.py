@@ -38,7 +38,7 @@ def run(args) -> int:
 
     info = read_info(args.inp, tensors=False)
     if info.is_mmproj:
-        from quantize import quantize_file
+        from minicpmv_edge.quantize import quantize_file
 
         res = quantize_file(args.inp, args.out, args.type or "F16", allow_requantize=args.allow_requantize,
                             imatrix=args.imatrix, output_tensor_type=args.output_tensor_type,
@@ -46,7 +46,7 @@ def run(args) -> int:
         summary = {"kind": "mmproj", "out": str(res.path), "type": res.type, "bytes": res.bytes,
                    "seconds": round(res.seconds, 3), "tensor_types": res.types}
     else:
-        from quantize.llama import quantize_text
+        from minicpmv_edge.quantize.llama import quantize_text
 
         res = quantize_text(args.inp, args.out, args.type or "Q4_K_M", imatrix=args.imatrix,
                             output_tensor_type=args.output_tensor_type,

@@ -87,7 +87,7 @@ def run(args) -> int:
     try:
         import uvicorn
 
-        from edge_runtime.server import MediaPolicy, ServerConfig, create_app
+        from minicpmv_edge.edge_runtime.server import MediaPolicy, ServerConfig, create_app
     except ImportError as exc:
         raise InputError(f"the server needs its extra: pip install 'minicpmv-edge[server]' ({exc.name} missing)") \
             from None
@@ -103,7 +103,7 @@ def run(args) -> int:
                           remote_max_bytes=int(args.remote_max_mb * 1e6), remote_timeout_s=args.remote_timeout))
 
     def load():
-        from edge_runtime import LoadOptions, MiniCPMV
+        from minicpmv_edge.edge_runtime import LoadOptions, MiniCPMV
 
         opts = LoadOptions(n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
                            mmproj_gpu=args.mmproj_gpu, max_slices=args.max_slices,
@@ -117,7 +117,7 @@ def run(args) -> int:
         server.should_exit = True
 
     # one log line per request from our logger; uvicorn's access log would be a second one
-    logging.getLogger("edge_runtime.server").setLevel(logging.INFO)
+    logging.getLogger("minicpmv_edge.edge_runtime.server").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app = create_app(config, load, on_load_error)
