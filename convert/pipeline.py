@@ -46,22 +46,33 @@ def convert(
     progress: Callable[[str, int, int, PlannedTensor], None] | None = None,
     quant: str | None = None,
     keep_intermediate: bool = False,
+    threads: int | None = None,
+    imatrix: str | Path | None = None,
 ) -> ConvertResult:
     """Convert `src`; with `quant` (a llama.cpp type such as Q4_K_M) the text model is then
     quantized by llama.cpp and the intermediate deleted unless `keep_intermediate`.
     int4 (GPTQ/AWQ) checkpoints are unpacked by quantize.int4: weights whose groups
-    tile GGUF blocks are repacked losslessly into Q4_0/Q4_1, the rest dequantized."""
+    tile GGUF blocks are repacked losslessly into Q4_0/Q4_1, the rest dequantized.
+    `threads`: block-conversion threads (and llama.cpp's quantizer threads with `quant`);
+    `imatrix`: an importance matrix for `quant` (llama-imatrix output)."""
     t0 = time.perf_counter()
+    from .stream import set_workers
+
+    set_workers(threads)
     src, out_dir = Path(src), Path(out_dir)
     if not src.is_dir():
         raise InputError("checkpoint directory does not exist", src)
     qtype = parse_outtype(outtype)
     config = families.read_config(src)
     fam = families.by_name(family) if family else families.detect(config, src)
+    if imatrix is not None and not quant:
+        raise InputError("--imatrix needs --quant TYPE (it guides llama.cpp's quantizer)")
     if quant:
-        from minicpmv_edge.quantize.llama import parse_ftype
+        from minicpmv_edge.quantize.llama import load_imatrix, parse_ftype, require_imatrix
 
         quant = parse_ftype(quant)  # unknown types fail before any work
+        imatrix = load_imatrix(imatrix) if imatrix is not None else None
+        require_imatrix(quant, imatrix)
     ckpt, int4 = _open_checkpoint(src, config)
     try:
         plan = fam().plan(src, ckpt, config, qtype)
@@ -119,9 +130,10 @@ def convert(
         notes["int4"] = int4.as_dict()
     if quant:
         text_path = _quantize_text(text_path, mm_path, out_dir / f"{slug}-text-{quant.lower()}.gguf", quant,
-                                   int4, keep_intermediate, files)
+                                   int4, keep_intermediate, files, imatrix=imatrix, threads=threads)
         notes["text_quant"] = {"type": quant, "tool": "llama_model_quantize", "from": text_type,
-                               "kept_intermediate": keep_intermediate}
+                               "kept_intermediate": keep_intermediate,
+                               **({"imatrix": imatrix.path} if imatrix is not None else {})}
     manifest = Manifest(
         family=fam.name, text=text_path.name, mmproj=mm_path.name, source=str(src.resolve()),
         tool_version=__version__, outtype=quant.lower() if quant else outtype.lower(), files=files, quant=notes,
@@ -145,13 +157,13 @@ def _open_checkpoint(src: Path, config: dict):
 
 
 def _quantize_text(text_path: Path, mm_path: Path, q_path: Path, quant: str, int4, keep: bool,
-                   files: dict) -> Path:
+                   files: dict, imatrix=None, threads: int | None = None) -> Path:
     """llama.cpp quantizes the text file; on failure the whole new pair goes, as for convert."""
     from minicpmv_edge.quantize.llama import quantize_text
 
     keep_types = {n: int(getattr(Q, t)) for n, t in int4.repacked.items()} if int4 is not None else {}
     try:
-        res = quantize_text(text_path, q_path, quant, keep_types=keep_types)
+        res = quantize_text(text_path, q_path, quant, keep_types=keep_types, imatrix=imatrix, nthread=threads)
     except BaseException:
         text_path.unlink(missing_ok=True)
         mm_path.unlink(missing_ok=True)

@@ -116,11 +116,20 @@ class SourceStream:
 _POOL: tuple[ThreadPoolExecutor, int] | None = None
 
 
-def _pool() -> tuple[ThreadPoolExecutor, int]:
+def set_workers(n: int | None) -> None:
+    """Threads that convert source blocks (convert -t); None: min(4, cores)."""
     global _POOL
+    workers = max(1, int(n)) if n else max(1, min(4, os.cpu_count() or 1))
+    if _POOL is not None and _POOL[0]._max_workers == workers:
+        return
+    if _POOL is not None:
+        _POOL[0].shutdown(wait=True)
+    _POOL = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert"), 2 * workers)
+
+
+def _pool() -> tuple[ThreadPoolExecutor, int]:
     if _POOL is None:
-        workers = max(1, min(4, os.cpu_count() or 1))
-        _POOL = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert"), 2 * workers)
+        set_workers(None)
     return _POOL
 
 

@@ -45,8 +45,9 @@ def init_backend() -> None:
             return
         L = _llama()
         L.llama_backend_init()
-        # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line
-        level_map = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+        # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line;
+        # info (load/offload/buffer lines) shows with -v, as llama.cpp's own tools print it
+        level_map = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
         last = [logging.DEBUG]
 
         @L.llama_log_callback

@@ -35,19 +35,24 @@ from minicpmv_edge.gguf_info import GGUFInfo, read_info
 
 log = logging.getLogger(__name__)
 
-# name -> llama_ftype (include/llama.h:118-161); names as llama-quantize spells them
+# name -> llama_ftype (include/llama.h:118-161): every type llama-quantize offers
+# (tools/quantize/quantize.cpp:35-74 QUANT_OPTIONS), spelled as it spells them
 FTYPES: dict[str, int] = {
     "F32": 0, "F16": 1, "BF16": 32, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q8_0": 7,
+    "Q1_0": 40, "Q2_0": 41, "MXFP4_MOE": 38, "TQ1_0": 36, "TQ2_0": 37,
     "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15,
     "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30,
-    # need an importance matrix (llama-quant.cpp:856-875: IQ1_*/IQ2_XXS/XS/S/IQ3_XXS tensors, Q2_K in Q2_K_S)
+    "IQ3_S": 26, "IQ3_M": 27,
+    # need an importance matrix for real models (llama-quant.cpp:856-875: tensors typed IQ1_*, IQ2_XXS/XS/S,
+    # IQ3_XXS, or Q2_K in a Q2_K_S file; IQ3_XS puts IQ3_XXS in attn_q/k and mid ffn_up/gate, :611-708)
     "Q2_K_S": 21, "IQ2_XXS": 19, "IQ2_XS": 20, "IQ2_S": 28, "IQ2_M": 29, "IQ1_S": 24, "IQ1_M": 31,
-    "IQ3_XXS": 23,
+    "IQ3_XXS": 23, "IQ3_XS": 22,
+    "COPY": 0,  # ALL_F32 + only_copy: tensors copied unchanged (quantize.cpp:584)
 }
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
-NEEDS_IMATRIX = frozenset({"Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "IQ3_XXS"})
+NEEDS_IMATRIX = frozenset({"Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "IQ3_XXS", "IQ3_XS"})
 SUPPORTED = tuple(k for k in FTYPES if k not in NEEDS_IMATRIX)
-FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
+FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "COPY"})
 
 _IMATRIX_KEYS = ("quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
                  "quantize.imatrix.chunks_count")  # tools/quantize/quantize.cpp:77-80
@@ -58,6 +63,13 @@ def parse_ftype(name: str) -> str:
     if key not in FTYPES:
         raise InputError(f"unknown quantization type {name!r}; choose one of {', '.join(FTYPES)}")
     return key
+
+
+def require_imatrix(ftype: str, imatrix) -> None:
+    """Refuse, before any work, a type whose tensors llama.cpp quantizes only with an imatrix."""
+    if ftype in NEEDS_IMATRIX and imatrix is None:
+        raise InputError(f"{ftype} needs an importance matrix (--imatrix FILE, made by llama-imatrix); "
+                         "without one llama.cpp refuses it or its result is garbage")
 
 
 def parse_ggml_type(name: str | None) -> int | None:
@@ -172,9 +184,7 @@ def precheck(summary: GGUFInfo, ftype: str, allow_requantize: bool, imatrix: Ima
     if summary.arch == "clip":
         raise InputError("this is a vision projector (mmproj); quantize it with quantize.mmproj "
                          "(the CLI routes it automatically)", summary.path)
-    if ftype in NEEDS_IMATRIX and imatrix is None:
-        raise InputError(f"{ftype} needs an importance matrix (--imatrix FILE, made by llama-imatrix); "
-                         "without one llama.cpp's result is garbage")
+    require_imatrix(ftype, imatrix)
     from gguf import GGMLQuantizationType as Q
 
     quantized = [t for t in summary.tensors if t.ggml_type not in (Q.F32, Q.F16, Q.BF16) and t.name not in keep]
@@ -209,7 +219,8 @@ def quantize_text(inp: str | os.PathLike[str], out: str | os.PathLike[str], ftyp
     try:
         errors = _run(inp, tmp, FTYPES[ftype], imatrix, ott, tet,
                       allow_requantize or (float_target and bool(keep_types)),
-                      nthread or os.cpu_count() or 1, {} if float_target else keep_types)
+                      nthread or os.cpu_count() or 1, {} if float_target else keep_types,
+                      only_copy=ftype == "COPY")
         if errors is not None:
             if any(s in errors for s in ("iostream", "basic_ios", "No space", "File too large")):
                 raise OutputError("disk full (or file size limit) while writing; no partial output was kept", out)
@@ -235,7 +246,7 @@ class _Capture(logging.Handler):
 
 
 def _run(inp: Path, tmp: Path, ftype: int, imatrix: Imatrix | None, ott, tet, allow_requantize: bool,
-         nthread: int, keep_types: dict[str, int]) -> str | None:
+         nthread: int, keep_types: dict[str, int], only_copy: bool = False) -> str | None:
     """One llama_model_quantize call; returns None on success, llama.cpp's error text otherwise."""
     import llama_cpp as L
 
@@ -246,6 +257,7 @@ def _run(inp: Path, tmp: Path, ftype: int, imatrix: Imatrix | None, ott, tet, al
     p.nthread = int(nthread)
     p.ftype = int(ftype)
     p.allow_requantize = bool(allow_requantize)
+    p.only_copy = bool(only_copy)
     if ott is not None:
         p.output_tensor_type = ott
     if tet is not None:

@@ -8,7 +8,6 @@ line on stderr and its exit code; MINICPMV_EDGE_DEBUG=1 shows the traceback.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
@@ -16,6 +15,7 @@ import sys
 
 from .. import __version__
 from ..errors import EdgeError
+from ._common import HelpFormatter, Parser
 
 # subcommand -> module (each a file of its own)
 SUBCOMMANDS = {
@@ -30,14 +30,15 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="minicpmv-edge",
+def build_parser() -> Parser:
+    p = Parser(
+        prog="minicpmv-edge", formatter_class=HelpFormatter,
         description="Convert, quantize and run MiniCPM-V (2.6, 4.0, 4.5, 4.6) on-device with llama.cpp.",
         epilog="Run `minicpmv-edge demo` for a self-contained tour on a tiny synthetic model.",
     )
     p.add_argument("--version", action="version", version=f"minicpmv-edge {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show progress details and llama.cpp's own log on stderr (also after COMMAND)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in SUBCOMMANDS.items():
         importlib.import_module(module).add_parser(sub)

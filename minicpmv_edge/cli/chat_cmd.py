@@ -6,7 +6,6 @@ Tokens stream to stdout; one line of timings follows each answer on stderr.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -20,52 +19,67 @@ RUN_EXAMPLES = """examples:
 
 
 def _common(p) -> None:
+    from ._common import add_load_flags, float_range, int_range
+
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image (repeatable)")
     p.add_argument("--video", metavar="PATH", help="a video file; frames sampled with --fps, at most --max-frames")
-    p.add_argument("--fps", type=float, default=1.0, help="video frames per second to keep (default 1)")
-    p.add_argument("--max-frames", type=int, default=16, help="cap on video frames (default 16)")
+    p.add_argument("--fps", type=float_range(0.0, 240.0, lo_open=True), default=1.0,
+                   help="video frames per second to keep")
+    p.add_argument("--max-frames", type=int_range(1, 1024, "a frame count"), default=16, help="cap on video frames")
     p.add_argument("-p", "--prompt", help="one-shot prompt; without it, chat interactively")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--think", action="store_true", help="enable thinking (4.5, 4.6)")
-    p.add_argument("-n", "--max-tokens", type=int, default=512)
-    p.add_argument("--temp", type=float, default=0.7, help="temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=100)
-    p.add_argument("--repeat-penalty", type=float, default=1.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-c", "--ctx-size", type=int, default=4096)
-    p.add_argument("-t", "--threads", type=int, default=None, help="default: physical cores")
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers on the GPU (Metal/CUDA builds)")
-    p.add_argument("--mmproj-gpu", action="store_true", help="run the vision encoder on the GPU backend")
-    p.add_argument("--max-slices", type=int, default=None, help="cap on slices per image (default: model's)")
-    p.add_argument("--image-max-pixels", type=int, default=None, help="refuse larger images (default 16.7M)")
+    p.add_argument("-n", "--max-tokens", type=int, default=512, help="tokens to generate at most")
+    p.add_argument("--temp", type=float_range(0.0, None), default=0.7, help="temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float_range(0.0, 1.0, lo_open=True), default=0.8, help="nucleus sampling")
+    p.add_argument("--top-k", type=int_range(0, None), default=100, help="top-k sampling (0 = off)")
+    p.add_argument("--repeat-penalty", type=float_range(0.0, None, lo_open=True), default=1.05,
+                   help="repetition penalty (1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_load_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with text and timings")
     p.set_defaults(run=run)
 
 
 def add_parser(sub) -> None:
-    c = sub.add_parser("chat", help="chat with a GGUF text model + mmproj", epilog=CHAT_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ._common import add_command
+
+    c = add_command(sub, "chat", "chat with a GGUF text model + mmproj", CHAT_EXAMPLES)
     c.add_argument("-m", "--model", required=True, metavar="MODEL.gguf")
     c.add_argument("--mmproj", metavar="MMPROJ.gguf", help="vision projector (needed for images and video)")
     _common(c)
-    r = sub.add_parser("run", help="chat with a converted folder (reads manifest.json)", epilog=RUN_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = add_command(sub, "run", "chat with a converted folder (reads manifest.json)", RUN_EXAMPLES)
     r.add_argument("folder", metavar="OUT_DIR")
     _common(r)
 
 
 def _load(args):
-    from minicpmv_edge.edge_runtime import LoadOptions, MiniCPMV
+    from minicpmv_edge.edge_runtime import MiniCPMV
     from minicpmv_edge.manifest import Manifest
 
-    opts = LoadOptions(n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                       mmproj_gpu=args.mmproj_gpu, max_slices=args.max_slices,
-                       **({"image_max_pixels": args.image_max_pixels} if args.image_max_pixels else {}))
+    from ._common import load_options
+
+    opts = load_options(args)
+    _check_command_fits(args)
     if getattr(args, "folder", None):
         m = Manifest.load(args.folder)
         return MiniCPMV(m.path_of(args.folder, "text"), m.path_of(args.folder, "mmproj"), opts)
     return MiniCPMV(args.model, args.mmproj, opts)
+
+
+def _check_command_fits(args) -> None:
+    """`chat` takes GGUF files, `run` a converted folder: say which command fits when they are swapped."""
+    from pathlib import Path
+
+    from minicpmv_edge.errors import InputError
+
+    folder = getattr(args, "folder", None)
+    if folder is not None and Path(folder).is_file():
+        raise InputError(f"`run` takes a converted folder; for GGUF files use: minicpmv-edge chat -m {folder} "
+                         "--mmproj MMPROJ.gguf", folder)
+    model = getattr(args, "model", None)
+    if model is not None and Path(model).is_dir():
+        raise InputError(f"`chat -m` takes a GGUF file; for a converted folder use: minicpmv-edge run {model}", model)
 
 
 def _timing_line(r) -> str:

@@ -13,19 +13,21 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from ._common import add_command, add_json, add_threads
 
-    p = sub.add_parser("convert", help="convert a Hugging Face MiniCPM-V checkpoint to a text GGUF + mmproj GGUF",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "convert", "convert a Hugging Face MiniCPM-V checkpoint to a text GGUF + mmproj GGUF",
+                    EXAMPLES)
     p.add_argument("src", metavar="SRC_DIR", help="checkpoint directory (config.json, *.safetensors, tokenizer files)")
     p.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="output folder (created if missing)")
     p.add_argument("--outtype", default="f16", choices=["f16", "bf16", "f32", "q8_0"],
-                   help="text model tensor type (default f16); the projector is always f16 (f32 with --outtype f32)")
+                   help="text model tensor type; the projector is always f16 (f32 with --outtype f32)")
     p.add_argument("--quant", metavar="TYPE", help="then quantize the text model with llama.cpp (e.g. Q4_K_M)")
+    p.add_argument("--imatrix", metavar="FILE", help="with --quant: importance matrix (llama-imatrix GGUF or .dat)")
     p.add_argument("--keep-intermediate", action="store_true",
                    help="with --quant: keep the unquantized text GGUF (recorded in manifest.json)")
     p.add_argument("--family", help="override family detection (2.6, 4.0, 4.5, 4.6 or minicpmv-X)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_threads(p, "threads converting tensors and quantizing (default: min(4, cores) converting)")
+    add_json(p)
     p.set_defaults(run=run)
 
 
@@ -39,7 +41,8 @@ def run(args) -> int:
             print(f"\r  {kind}: {i + 1}/{n} {t.name[:50]:<50}", end="", file=sys.stderr, flush=True)
 
     res = convert(args.src, args.out, outtype=args.outtype, family=args.family, progress=progress,
-                  quant=args.quant, keep_intermediate=args.keep_intermediate)
+                  quant=args.quant, keep_intermediate=args.keep_intermediate, threads=args.threads,
+                  imatrix=args.imatrix)
     if sys.stderr.isatty() and not args.json:
         print(file=sys.stderr)
     summary = {

@@ -22,14 +22,13 @@ with real weights instead:
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from ._common import add_command, add_json
 
-    p = sub.add_parser("demo", help="convert and run a built-in tiny model end to end (no downloads)",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "demo", "convert and run a built-in tiny model end to end (no downloads)", EXAMPLES)
     p.add_argument("--family", default="minicpmv-4.5",
-                   help="minicpmv-2.6, minicpmv-4.0, minicpmv-4.5 (default), minicpmv-4.6, minicpmv-4.6-4x")
+                   help="minicpmv-2.6, minicpmv-4.0, minicpmv-4.5, minicpmv-4.6, minicpmv-4.6-4x")
     p.add_argument("--keep", metavar="DIR", help="keep the checkpoint and GGUF files in DIR")
-    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    add_json(p)
     p.set_defaults(run=run)
 
 

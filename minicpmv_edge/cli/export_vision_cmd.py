@@ -36,18 +36,18 @@ def common_grids(slicing: dict) -> list[tuple[int, int]]:
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from ._common import add_command, add_json
 
-    p = sub.add_parser("export-vision", help="export the vision encoder (+resampler/merger) to ONNX or CoreML",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "export-vision", "export the vision encoder (+resampler/merger) to ONNX or CoreML",
+                    EXAMPLES)
     p.add_argument("src", metavar="SRC_DIR", help="Hugging Face checkpoint directory")
     p.add_argument("--format", required=True, choices=["onnx", "coreml"], help="onnx (fp32/fp16) or coreml "
                    "(ML Program, fp16, CPU_AND_NE, iOS 17, one .mlpackage per grid)")
     p.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="output folder (created if missing)")
     p.add_argument("--grids", metavar="RxC[,RxC...]", help="patch grids to accept (default: common photo sizes)")
-    p.add_argument("--precision", default="fp32,fp16", help="onnx only: fp32, fp16 or both (default)")
+    p.add_argument("--precision", default="fp32,fp16", help="onnx only: fp32, fp16 or both")
     p.add_argument("--no-verify", action="store_true", help="onnx: skip the ONNX Runtime vs torch check")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_json(p)
     p.set_defaults(run=run)
 
 

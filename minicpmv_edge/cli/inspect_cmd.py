@@ -16,12 +16,12 @@ KEY_FIELDS = ("general.name", "minicpmv_edge.family", "clip.projector_type", "cl
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from ._common import add_command, add_json
 
-    p = sub.add_parser("inspect", help="describe GGUF files and check that a text model and mmproj fit together",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "inspect", "describe GGUF files and check that a text model and mmproj fit together",
+                    EXAMPLES)
     p.add_argument("files", nargs="+", metavar="FILE", help="a .gguf file, a text+mmproj pair, or a converted folder")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(p)
     p.set_defaults(run=run)
 
 

@@ -15,17 +15,18 @@ where both pick the same token. Cosine compares image embeddings over a fixed ge
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from ._common import add_command, add_json, add_threads, int_range
 
-    p = sub.add_parser("quality", help="compare a quantized model with its reference (KL, top-1, image cosine)",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "quality", "compare a quantized model with its reference (KL, top-1, image cosine)",
+                    EXAMPLES)
     p.add_argument("ref", metavar="REF.gguf", help="reference text model (e.g. the F16 file)")
     p.add_argument("cand", metavar="CANDIDATE.gguf", help="candidate text model (e.g. its Q4_K_M)")
     p.add_argument("--mmproj-ref", metavar="A", help="reference projector")
     p.add_argument("--mmproj", metavar="B", help="candidate projector (both bound to REF's text model)")
-    p.add_argument("--chunk", type=int, default=128, help="tokens per evaluation chunk (default 128)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--chunk", type=int_range(8, 4096, "a token count"), default=128,
+                   help="tokens per evaluation chunk")
+    add_threads(p)
+    add_json(p)
     p.set_defaults(run=run)
 
 

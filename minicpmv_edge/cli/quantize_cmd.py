@@ -15,26 +15,43 @@ projector (mmproj) types: F16 (default) F32 Q8_0 Q5_1 Q5_0 Q4_1 Q4_0; never BF16
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from ._common import add_command, add_json, add_threads, threads_type
 
-    p = sub.add_parser("quantize", help="quantize a text GGUF (llama.cpp) or a vision projector GGUF",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "quantize", "quantize a text GGUF (llama.cpp) or a vision projector GGUF", EXAMPLES)
     p.add_argument("inp", metavar="IN.gguf")
     p.add_argument("out", metavar="OUT.gguf")
+    # llama-quantize's positional form: IN OUT TYPE [THREADS]
+    p.add_argument("pos_type", nargs="?", metavar="TYPE", help="quantization type, as llama-quantize takes it")
+    p.add_argument("pos_threads", nargs="?", type=threads_type, metavar="THREADS",
+                   help="threads, as llama-quantize takes them (same as -t)")
     p.add_argument("--type", default=None, help="quantization type (text default Q4_K_M; projector default F16)")
     p.add_argument("--imatrix", metavar="FILE", help="importance matrix (llama-imatrix GGUF or legacy .dat)")
     p.add_argument("--output-tensor-type", metavar="TYPE", help="ggml type for output.weight, e.g. q8_0")
     p.add_argument("--token-embedding-type", metavar="TYPE", help="ggml type for token_embd.weight, e.g. q8_0")
     p.add_argument("--allow-requantize", action="store_true", help="accept an already-quantized input (lossy)")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_threads(p, "llama.cpp quantizer threads")
+    add_json(p)
     p.set_defaults(run=run)
+
+
+def _merge_positional(args) -> None:
+    """TYPE/THREADS given both ways must agree; either way fills args.type / args.threads."""
+    from minicpmv_edge.errors import InputError
+
+    for pos, opt, flag in (("pos_type", "type", "--type"), ("pos_threads", "threads", "-t/--threads")):
+        given, named = getattr(args, pos), getattr(args, opt)
+        if given is not None and named is not None and str(given).upper() != str(named).upper():
+            raise InputError(f"{flag} {named} disagrees with the positional {opt.upper()} {given}")
+        if given is not None:
+            setattr(args, opt, given)
 
 
 def run(args) -> int:
     from ._output import emit
 
     from minicpmv_edge.gguf_info import read_info
+
+    _merge_positional(args)
 
     info = read_info(args.inp, tensors=False)
     if info.is_mmproj:

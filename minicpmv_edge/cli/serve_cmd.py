@@ -7,7 +7,6 @@ Needs the `server` extra: pip install 'minicpmv-edge[server]'.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from pathlib import Path
@@ -27,32 +26,31 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API", epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ._common import add_command, add_load_flags, float_range, int_range, port_type, positive_float, positive_int
+
+    p = add_command(sub, "serve", "serve a model over an OpenAI-compatible HTTP API", EXAMPLES)
     p.add_argument("folder", nargs="?", metavar="OUT_DIR", help="a converted folder (manifest.json)")
     p.add_argument("-m", "--model", metavar="MODEL.gguf", help="text GGUF (instead of OUT_DIR)")
     p.add_argument("--mmproj", metavar="MMPROJ.gguf", help="vision projector (with -m)")
     p.add_argument("--model-name", help="model id clients send (default: the folder or file name)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=port_type, default=8080, help="TCP port, 1-65535")
     p.add_argument("--api-key", default=os.environ.get("MINICPMV_EDGE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/ (default: $MINICPMV_EDGE_API_KEY, else none)")
-    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get 429 (default 16)")
-    p.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request, queue included")
-    p.add_argument("--max-body-mb", type=float, default=20.0, help="request body cap in MB (default 20)")
-    p.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
-    p.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted (default 4096)")
-    p.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request names none")
-    p.add_argument("--image-max-pixels", type=int, default=None, help="refuse larger images (default 16.7M)")
+    p.add_argument("--max-queue", type=int_range(0, 1 << 16, "a request count"), default=16,
+                   help="requests that may wait; more get 429")
+    p.add_argument("--request-timeout", type=positive_float, default=300.0, help="seconds per request, queue included")
+    p.add_argument("--max-body-mb", type=float_range(0.0, 1 << 20, lo_open=True), default=20.0,
+                   help="request body cap in MB")
+    p.add_argument("--max-images", type=positive_int, default=8, help="images per request")
+    p.add_argument("--max-tokens-limit", type=positive_int, default=4096, help="largest max_tokens accepted")
+    p.add_argument("--default-max-tokens", type=positive_int, default=512, help="max_tokens when a request names none")
     p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) image URLs")
-    p.add_argument("--remote-max-mb", type=float, default=20.0, help="size cap on a fetched image (default 20)")
-    p.add_argument("--remote-timeout", type=float, default=10.0, help="seconds to fetch a remote image")
+    p.add_argument("--remote-max-mb", type=float_range(0.0, 1 << 20, lo_open=True), default=20.0,
+                   help="size cap on a fetched image in MB")
+    p.add_argument("--remote-timeout", type=positive_float, default=10.0, help="seconds to fetch a remote image")
     p.add_argument("--media-dir", metavar="DIR", help="allow local paths / file:// URLs inside DIR only")
-    p.add_argument("-c", "--ctx-size", type=int, default=4096)
-    p.add_argument("-t", "--threads", type=int, default=None, help="default: physical cores")
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers on the GPU (Metal/CUDA builds)")
-    p.add_argument("--mmproj-gpu", action="store_true", help="run the vision encoder on the GPU backend")
-    p.add_argument("--max-slices", type=int, default=None, help="cap on slices per image (default: model's)")
+    add_load_flags(p)
     p.set_defaults(run=run)
 
 
@@ -103,12 +101,11 @@ def run(args) -> int:
                           remote_max_bytes=int(args.remote_max_mb * 1e6), remote_timeout_s=args.remote_timeout))
 
     def load():
-        from minicpmv_edge.edge_runtime import LoadOptions, MiniCPMV
+        from minicpmv_edge.edge_runtime import MiniCPMV
 
-        opts = LoadOptions(n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                           mmproj_gpu=args.mmproj_gpu, max_slices=args.max_slices,
-                           **({"image_max_pixels": args.image_max_pixels} if args.image_max_pixels else {}))
-        return MiniCPMV(text, mmproj, opts)
+        from ._common import load_options
+
+        return MiniCPMV(text, mmproj, load_options(args))
 
     failed: list[BaseException] = []
 
