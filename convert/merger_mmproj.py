@@ -28,7 +28,8 @@ from .resampler_mmproj import add_siglip_keys
 from .safetensors_reader import Checkpoint
 from .writer import PlannedTensor
 
-SIGLIP_POS_ROWS = 4900  # clip.cpp buckets positions on a hard-coded 70x70 grid (4707-4715)
+SIGLIP_POS_SIDE = 70  # clip.cpp buckets positions on a hard-coded 70x70 grid (4707-4715)
+SIGLIP_POS_ROWS = SIGLIP_POS_SIDE ** 2
 DOWNSAMPLE_MODES = {"16x": 4, "4x": 2}  # -> clip.vision.projector.scale_factor (n_merge)
 
 VT = "model.vision_tower."
@@ -92,6 +93,12 @@ class MergerVisionHParams:
             )
         except KeyError as exc:
             raise CheckpointError(f"config.json lacks vision/text key {exc.args[0]!r}", src) from None
+        side = int(vc.get("image_size", 980)) // hp.patch_size
+        if side != SIGLIP_POS_SIDE:
+            raise UnsupportedModelError(
+                f"vision_config image_size {vc.get('image_size')} / patch_size {hp.patch_size} gives a {side}x{side} "
+                f"position table; llama.cpp's minicpmv4_6 graph buckets positions on {SIGLIP_POS_SIDE}x"
+                f"{SIGLIP_POS_SIDE} (clip.cpp:4752-4759)", src)
         if layers != set(range(hp.n_layer)):
             raise CheckpointError(
                 f"checkpoint has vision layers {sorted(layers)[:3]}..{max(layers, default=-1)} "

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from minicpmv_edge import schema
 from minicpmv_edge.errors import InputError
 from minicpmv_edge.gguf_info import check_pair, read_info
 from minicpmv_edge.manifest import Manifest
@@ -108,12 +109,20 @@ class MiniCPMV:
         self.options = opts = _merge(options or LoadOptions(), overrides)
         if opts.n_ctx < 64:
             raise InputError("n_ctx must be at least 64")
-        info = check_pair(model, mmproj)[0] if mmproj else read_info(model)
+        info, mm_info = check_pair(model, mmproj) if mmproj else (read_info(model), None)
         self.format = PromptFormat.from_gguf(info)
         self.limits = MediaLimits(max_pixels=opts.image_max_pixels)
         threads = opts.n_threads or engine.physical_cores()
         self.model = Model(str(model), n_gpu_layers=opts.n_gpu_layers, use_mmap=opts.use_mmap)
-        self.vision = Vision(str(mmproj), self.model, n_threads=threads, use_gpu=opts.mmproj_gpu) if mmproj else None
+        # the merger families (4.6, OCR, 4.7) lay images out as transformers' processors do and
+        # encode the crops themselves (visual_plan.py); the resampler families go through mtmd
+        self.exact_images = mm_info is not None and mm_info.get(schema.CLIP_PROJECTOR_TYPE) == schema.PROJECTOR_MINICPMV4_6
+        if self.exact_images:
+            from .clip_encoder import ClipEncoder
+
+            self.vision = ClipEncoder(str(mmproj), n_threads=threads, use_gpu=opts.mmproj_gpu)
+        else:
+            self.vision = Vision(str(mmproj), self.model, n_threads=threads, use_gpu=opts.mmproj_gpu) if mmproj else None
         self.cache = EmbeddingCache()
         self._ctx = Context(self.model, n_ctx=opts.n_ctx, n_batch=opts.n_batch, n_threads=threads)
         enc = opts.vision_encoder
@@ -122,7 +131,14 @@ class MiniCPMV:
                 raise InputError("vision_encoder needs an mmproj (mtmd still slices and tokenizes images)")
             if hasattr(enc, "check"):
                 enc.check(mmproj=str(mmproj), text_n_embd=self.model.n_embd, family=self.format.family)
-        self.session = Session(self._ctx, self.vision, self.cache, encoder=enc)
+        if self.exact_images:
+            if enc is not None:
+                raise InputError("vision_encoder is for the resampler families; this model's images are "
+                                 "encoded by llama.cpp from processor-exact crops")
+            self.session = Session(self._ctx, None, self.cache)
+            self.session.planner = _planner(self, info, mm_info)
+        else:
+            self.session = Session(self._ctx, self.vision, self.cache, encoder=enc)
         self._lock = threading.Lock()
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self._stop_ids = {t for s in self.format.stop for t in self._single_token(s)}
@@ -163,7 +179,7 @@ class MiniCPMV:
         bitmaps: list[Bitmap] = []
         if turns[0].role != "system" and fmt.default_system:
             out.append(fmt.turn("system", fmt.default_system))
-        image_index = 0
+        image_index = video_index = 0
         for turn in turns:
             pieces = []
             for part in turn.parts:
@@ -171,14 +187,24 @@ class MiniCPMV:
                     pieces.append(part)
                 elif isinstance(part, Image):
                     pieces.append(fmt.image_placeholder(marker, image_index))
-                    bitmaps.append(Bitmap(self._fit_slices(part.rgb, self._max_slices()), part.digest))
+                    rgb = part.rgb if self.exact_images else self._fit_slices(part.rgb, self._max_slices())
+                    bitmaps.append(Bitmap(rgb, part.digest))
                     image_index += 1
                 elif isinstance(part, Video):
                     frames = []
                     for f in part.frames:  # frames: no slicing, no image ids (model cards' video recipe)
                         frames.append(fmt.image_placeholder(marker, 0, use_id=False))
-                        bitmaps.append(Bitmap(self._fit_slices(f.rgb, fmt.video_max_slice_nums), f.digest + "/v"))
-                    pieces.append(fmt.separator.join(frames))
+                        rgb = f.rgb if self.exact_images else self._fit_slices(f.rgb, fmt.video_max_slice_nums)
+                        bitmaps.append(Bitmap(rgb, f.digest + "/v"))
+                    if self.exact_images:
+                        # MiniCPMV4_6Processor.replace_video_token: frames back to back; one image id per
+                        # video for 4.6 / OCR (use_image_id), none for 4.7 (its processor drops it)
+                        canvas = self.session.planner.canvas
+                        prefix = fmt.image_placeholder("", video_index) if fmt.use_image_id and not canvas else ""
+                        pieces.append(prefix + "".join(frames))
+                        video_index += 1
+                    else:
+                        pieces.append(fmt.separator.join(frames))
             out.append(fmt.turn(turn.role, fmt.separator.join(pieces)))
         out.append(fmt.generation_prefix(enable_thinking))
         return "".join(out), bitmaps
@@ -337,3 +363,28 @@ def _merge(opts: LoadOptions, overrides: dict) -> LoadOptions:
     from dataclasses import replace
 
     return replace(opts, **overrides)
+
+
+def _planner(m: "MiniCPMV", info, mm_info):
+    """The processor-exact image planner for a merger-family pair (4.6, OCR, 4.7)."""
+    from .visual_plan import VisualPlanner, Vocab, specs_from_gguf
+
+    kv = info.kv
+    canvas = kv.get(schema.EDGE_IMAGE_POSITIONS, schema.POSITIONS_SEQUENTIAL) == schema.POSITIONS_CANVAS
+
+    def one(text: str) -> int:
+        ids = m.model.tokenize(text)
+        if len(ids) != 1:
+            raise InputError(f"the text model has no single token for {text!r}", info.path)
+        return ids[0]
+
+    def tid(key: str, text: str) -> int:
+        return int(kv[key]) if key in kv else one(text)
+
+    vocab = Vocab(image_start=tid(schema.EDGE_CANVAS_IMAGE_START, "<image>"),
+                  image_end=tid(schema.EDGE_CANVAS_IMAGE_END, "</image>"),
+                  slice_start=tid(schema.EDGE_CANVAS_SLICE_START, "<slice>"),
+                  slice_end=tid(schema.EDGE_CANVAS_SLICE_END, "</slice>"),
+                  newline=tid(schema.EDGE_CANVAS_NEWLINE, "\n"), image_pad=one("<|image_pad|>"))
+    image_spec, video_spec = specs_from_gguf(kv, mm_info.kv, m.options.max_slices)
+    return VisualPlanner(m.model, m.vision, m.cache, image_spec, video_spec, vocab, canvas, m.session.counters)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _backend_ready = False
 _LOG_CB = None  # keep the ctypes callback alive
+_ROPE_MROPE, _ROPE_IMROPE = 8, 40  # GGML_ROPE_TYPE_MROPE / _IMROPE (ggml.h)
 
 
 def _llama():
@@ -125,6 +126,8 @@ class Model:
         self.n_ctx_train = L.llama_model_n_ctx_train(self.ptr)
         # recurrent state (Qwen3.5's linear attention) cannot be cut back to a position
         self.can_truncate = not (L.llama_model_is_recurrent(self.ptr) or L.llama_model_is_hybrid(self.ptr))
+        # M-RoPE text models take 4 position components per embedding (llama-batch.cpp: n_pos_per_embd)
+        self.n_pos_per_embd = 4 if L.llama_model_rope_type(self.ptr) in (_ROPE_MROPE, _ROPE_IMROPE) else 1
 
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
         L = _llama()
@@ -262,6 +265,51 @@ class Context:
         if rc != 0:
             raise RuntimeFailure(f"llama_decode failed with code {rc}")
         self.n_past += len(tokens)
+
+    def decode_embeddings(self, embd: np.ndarray, pos: np.ndarray, index_causal: bool = False,
+                          logits_last: bool = False) -> None:
+        """Evaluate embedding rows [n, n_embd] at explicit positions [3, n] (t, h, w).
+
+        `index_causal`: every row sees exactly the rows before it. llama.cpp's M-RoPE mask orders
+        cells that share t by (h, w) instead (llama-kv-cache.cpp, is_2d_gt), which is not what
+        a canvas frame needs (one t, overlapping crops); so each row goes alone with the causal
+        mask off: it then sees every cell already in the cache plus itself."""
+        L = self._L
+        n = int(embd.shape[0])
+        if pos.shape != (3, n):
+            raise ValueError(f"positions must be [3, {n}], got {list(pos.shape)}")
+        embd = np.ascontiguousarray(embd, dtype=np.float32)
+        step = 1 if index_causal else self.n_batch
+        seq0 = (ctypes.c_int32 * 1)(0)
+        if index_causal:
+            L.llama_set_causal_attn(self.ptr, False)
+        try:
+            for a in range(0, n, step):
+                b = min(n, a + step)
+                m = b - a
+                p = np.zeros((self.model.n_pos_per_embd, m), np.int32)
+                k = min(3, len(p))
+                p[:k] = pos[:k, a:b]  # the 4th component stays 0, as mtmd writes it
+                rows = np.ascontiguousarray(embd[a:b])
+                n_seq = np.ones(m, np.int32)
+                seq_ids = (ctypes.POINTER(ctypes.c_int32) * (m + 1))(*([ctypes.cast(seq0, ctypes.POINTER(ctypes.c_int32))] * m))
+                out = np.zeros(m, np.int8)
+                out[-1] = 1 if (logits_last and b == n) else 0
+                batch = L.llama_batch()
+                batch.n_tokens = m
+                batch.token = None
+                batch.embd = rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+                batch.pos = p.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+                batch.n_seq_id = n_seq.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+                batch.seq_id = seq_ids
+                batch.logits = out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+                rc = L.llama_decode(self.ptr, batch)
+                if rc != 0:
+                    raise RuntimeFailure(f"llama_decode of image embeddings failed with code {rc}")
+        finally:
+            if index_causal:
+                L.llama_set_causal_attn(self.ptr, True)
+        self.n_past = max(self.n_past, int(pos.max()) + 1)
 
     def logits(self) -> np.ndarray:
         L = _llama()

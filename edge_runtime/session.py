@@ -70,10 +70,12 @@ class PrefillStats:
 
 
 class Session:
-    def __init__(self, ctx: Context, vision: Vision | None, cache: EmbeddingCache, encoder=None):
+    def __init__(self, ctx: Context, vision: Vision | None, cache: EmbeddingCache, encoder=None, planner=None):
         self.ctx = ctx
         self.vision = vision
         self.cache = cache
+        # processor-exact images with explicit positions (visual_plan.py: 4.6, OCR, 4.7); replaces mtmd
+        self.planner = planner
         # optional external encoder (edge_runtime/external_encoder.py): replaces mtmd_encode_chunk;
         # mtmd still slices and tokenizes, and decodes the embeddings it returns
         self.encoder = encoder
@@ -105,8 +107,7 @@ class Session:
             if keep == len(plan):  # identical prompt: re-evaluate the last unit for fresh logits
                 keep -= 1
             keep = self._rewind(plan, keep)
-            pos = sum(_n_pos(u) for u, _ in plan[:keep])
-            self.counters.prompt_tokens_reused += pos
+            self.counters.prompt_tokens_reused += sum(_n_tok(u) for u, _ in plan[:keep])
             n_tail = self._tail_units(plan, tail)
             if n_tail and not self.ctx.model.can_truncate and keep < len(plan) - n_tail:
                 evaluated, encode_ms = self._evaluate(plan[keep:len(plan) - n_tail], chunks)
@@ -118,7 +119,8 @@ class Session:
         finally:
             if chunks is not None:
                 chunks.close()
-        return PrefillStats(sum(_n_pos(u) for u, _ in plan), evaluated, (time.perf_counter() - t0) * 1e3, encode_ms)
+        # tokens, not positions: under M-RoPE an image advances the position less than its token count
+        return PrefillStats(sum(_n_tok(u) for u, _ in plan), evaluated, (time.perf_counter() - t0) * 1e3, encode_ms)
 
     def _rewind(self, plan: list[tuple], keep: int) -> int:
         """Cut the cache back to `keep` units; returns how many units it really kept."""
@@ -152,6 +154,8 @@ class Session:
 
         An image's key is its pixel hash plus which of its chunks (overview, slice k)
         this is, so the same image matches across turns and across conversations."""
+        if self.planner is not None:
+            return self.planner.plan(text, bitmaps, self.ctx.n_ctx), None
         if self.vision is None:
             return [(("tok", t), None) for t in self.ctx.model.tokenize(text)], None
         chunks = self.vision.tokenize(text, bitmaps)
@@ -166,7 +170,7 @@ class Session:
                 k = ordinal.get(digest, 0)
                 ordinal[digest] = k + 1
                 key = f"{digest}/{k}/{chunks.n_tokens(i)}"
-                plan.append((("img", key, self.vision.n_pos(chunks[i])), i))
+                plan.append((("img", key, self.vision.n_pos(chunks[i]), chunks.n_tokens(i)), i))
         if self.encoder is not None:
             self._map_sources(chunks, bitmaps)
         return plan, chunks
@@ -201,15 +205,24 @@ class Session:
         while i < len(todo):
             unit, idx = todo[i]
             if unit[0] == "tok":
-                j = i
-                while j < len(todo) and todo[j][0][0] == "tok":
+                j = i + 1
+                # planner tokens carry their position; one decode per run of consecutive positions
+                while j < len(todo) and todo[j][0][0] == "tok" and (idx is None or todo[j][1] == idx + j - i):
                     j += 1
+                if idx is not None:
+                    self.ctx.n_past = idx
                 toks = [u[1] for u, _ in todo[i:j]]
                 self.ctx.decode(toks, logits_last=(j == len(todo)))
                 self.units.extend(u for u, _ in todo[i:j])
                 self.counters.tokens_evaluated += len(toks)
                 evaluated += len(toks)
                 i = j
+                continue
+            if unit[0] == "emb":
+                ms = self.planner.evaluate(self.ctx, idx, logits_last=(i == len(todo) - 1))
+                encode_ms += ms
+                self.units.append(unit)
+                i += 1
                 continue
             chunk = chunks[idx]
             cacheable = not unit[1].startswith("anon-")
@@ -238,3 +251,7 @@ class Session:
 
 def _n_pos(unit: tuple) -> int:
     return unit[2] if unit[0] == "img" else 1
+
+
+def _n_tok(unit: tuple) -> int:
+    return unit[3] if unit[0] == "img" else unit[2] if unit[0] == "emb" else 1

@@ -72,5 +72,17 @@ EDGE_TOKENS_PER_SLICE = _NS + "image.tokens_per_slice"  # u32 for a full 448x448
 EDGE_VIDEO_MAX_SLICE = _NS + "video.max_slice_nums"  # u32 (1)
 EDGE_VIDEO_USE_IMAGE_ID = _NS + "video.use_image_id"  # bool (false)
 EDGE_DOWNSAMPLE_MODE = _NS + "image.downsample_mode"  # str "16x"/"4x" (4.6 only; mmproj)
+EDGE_SMALL_IMAGE_UPSIZE = _NS + "image.small_image_upsize"  # str "always"/"never" (MiniCPM-OCR; absent: always)
+
+# decoder positions of image tokens: "sequential" (absent; one position per token, 4.6 / OCR) or
+# "canvas" (4.7's canvas M-RoPE, edge_runtime/canvas_positions.py), anchored on these token ids
+EDGE_IMAGE_POSITIONS = _NS + "image.positions"  # str
+POSITIONS_SEQUENTIAL = "sequential"
+POSITIONS_CANVAS = "canvas"
+EDGE_CANVAS_IMAGE_START = _NS + "canvas.image_start_id"  # u32, "<image>"
+EDGE_CANVAS_IMAGE_END = _NS + "canvas.image_end_id"  # u32, "</image>"
+EDGE_CANVAS_SLICE_START = _NS + "canvas.slice_start_id"  # u32, "<slice>"
+EDGE_CANVAS_SLICE_END = _NS + "canvas.slice_end_id"  # u32, "</slice>"
+EDGE_CANVAS_NEWLINE = _NS + "canvas.newline_id"  # u32, "\n" between slice rows
 
 EDGE_KEYS = [v for k, v in dict(globals()).items() if k.startswith("EDGE_") and isinstance(v, str)]

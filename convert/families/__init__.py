@@ -17,6 +17,8 @@ from .minicpmv_4_5 import MiniCPMV45
 
 FAMILIES: tuple[type[Family], ...] = (MiniCPMV26, MiniCPMV40, MiniCPMV45)
 from .minicpmv_4_6 import MiniCPMV46; FAMILIES += (MiniCPMV46,)  # noqa: E402,E702
+from .minicpmv_4_7 import MiniCPMV47; FAMILIES += (MiniCPMV47,)  # noqa: E402,E702
+from .minicpm_ocr_1_0 import MiniCPMOcr10; FAMILIES += (MiniCPMOcr10,)  # noqa: E402,E702
 
 
 def supported() -> str:
