@@ -132,11 +132,9 @@ class MiniCPMV:
             if hasattr(enc, "check"):
                 enc.check(mmproj=str(mmproj), text_n_embd=self.model.n_embd, family=self.format.family)
         if self.exact_images:
-            if enc is not None:
-                raise InputError("vision_encoder is for the resampler families; this model's images are "
-                                 "encoded by llama.cpp from processor-exact crops")
             self.session = Session(self._ctx, None, self.cache)
             self.session.planner = _planner(self, info, mm_info)
+            self.session.planner.external = enc  # e.g. OnnxVisionEncoder: encodes the same processor crops
         else:
             self.session = Session(self._ctx, self.vision, self.cache, encoder=enc)
         self._lock = threading.Lock()

@@ -90,6 +90,7 @@ class VisualPlanner:
         self.markers = Markers(vocab.image_start, vocab.image_end, vocab.slice_start, vocab.slice_end, vocab.newline)
         self.rows = TokenRows(model.path)
         self.counters = counters
+        self.external = None  # an external encoder (export-vision ONNX) used instead of llama.cpp's
         self.last_ids: list[int] = []  # the last planned prompt (tests compare it with the processor's)
         self.last_positions: np.ndarray | None = None
 
@@ -201,7 +202,11 @@ class VisualPlanner:
             embd = self.cache.get(c.digest)
             if embd is None:
                 t0 = time.perf_counter()
-                embd = self.encoder.encode(c.pixels)
+                if self.external is not None:  # [1, 3, H, W] in, as export-vision's graphs take
+                    embd = np.asarray(self.external.encode(np.ascontiguousarray(c.pixels.transpose(2, 0, 1)[None])),
+                                      np.float32)
+                else:
+                    embd = self.encoder.encode(c.pixels)
                 ms = (time.perf_counter() - t0) * 1e3
                 encode_ms.append(ms)
                 self.counters.images_encoded += 1

@@ -41,12 +41,18 @@ def onnx_exports(store, tmp_path_factory):
         if family not in cache:
             from minicpmv_edge.edge_runtime.external_encoder import slice_plan
 
+            from minicpmv_edge.edge_runtime.processor_images import ImageSpec, plan_sizes
+
             def grids(sl):
                 out = list(GRIDS)
                 for w, h in PHOTOS:
                     for cw, ch in slice_plan(w, h, sl["image_size"], 14, sl["n_merge"], sl["keep_small_whole"]).sizes():
                         out.append((ch // 14, cw // 14))
-                return out
+                    if family.startswith("minicpmv-4.6"):  # the runtime's processor-exact crops (4.6 / OCR / 4.7)
+                        mode = {4: "16x", 2: "4x"}[sl["n_merge"]]
+                        for cw, ch in plan_sizes(w, h, ImageSpec(downsample_mode=mode))[0]:
+                            out.append((ch // 14, cw // 14))
+                return sorted(set(out))
 
             cache[family] = export_vision(store.checkpoint(family), root / family, "onnx", grids=grids, verify=False)
         return cache[family]
@@ -135,6 +141,15 @@ def test_external_encoder_matches_mtmd(store, onnx_exports, family):
     try:
         for w, h in PHOTOS:
             rgb = noise_image(w, h, seed=w)
+            if base.exact_images:  # 4.6: processor-exact crops, llama.cpp's encoder vs the ONNX graph
+                from minicpmv_edge.edge_runtime.processor_images import layout
+
+                crops = layout(rgb, base.session.planner.image_spec).crops
+                mt = [base.vision.encode(c.pixels) for c in crops]
+                ours = [enc.encode(np.ascontiguousarray(c.pixels.transpose(2, 0, 1)[None])) for c in crops]
+                assert len(mt) == len(ours) >= 1
+                assert all(_cos_min(a, b) >= 0.999 for a, b in zip(mt, ours)), (w, h)
+                continue
             chunks = base.vision.tokenize(base.vision.marker, [Bitmap(rgb, "x")])
             mt = [base.vision.encode_chunk(chunks[i]) for i in range(len(chunks)) if chunks.kind(i) == 1]
             ours = [enc.encode(p) for p in enc.slices(rgb)]
