@@ -27,15 +27,15 @@ _ROPE_MROPE, _ROPE_IMROPE = 8, 40  # GGML_ROPE_TYPE_MROPE / _IMROPE (ggml.h)
 
 
 def _llama():
-    import llama_cpp
+    from minicpmv_edge.extras import need
 
-    return llama_cpp
+    return need("llama_cpp", "runtime", "running a model")
 
 
 def _mtmd():
-    import llama_cpp.mtmd_cpp as mtmd
+    from minicpmv_edge.extras import need
 
-    return mtmd
+    return need("llama_cpp.mtmd_cpp", "runtime", "running a model")
 
 
 def init_backend() -> None:

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from minicpmv_edge import limits
 from minicpmv_edge.errors import MediaError
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
-MAX_ASPECT = 50.0  # llama.cpp's slicer needs both sides >= one patch after scaling
-MIN_SIDE = 2
+# one set of limits with the C bridge: minicpmv_edge/data/media_limits.h
+DEFAULT_MAX_PIXELS = limits.IMAGE_MAX_PIXELS
+MAX_ASPECT = float(limits.IMAGE_MAX_ASPECT)  # llama.cpp's slicer needs both sides >= one patch after scaling
+MIN_SIDE = limits.IMAGE_MIN_SIDE
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,14 @@ class Image:
         return self.rgb.shape[1], self.rgb.shape[0]
 
 
+def _pil():
+    from minicpmv_edge.extras import need
+
+    return need("PIL.Image", "runtime", "reading images")
+
+
 def _to_rgb(im, source: str):
+    _pil()
     from PIL import Image as PILImage, ImageOps
 
     try:
@@ -59,6 +68,7 @@ def _to_rgb(im, source: str):
 
 def load_image(src, limits: MediaLimits = MediaLimits(), name: str | None = None) -> Image:
     """src: path, bytes, PIL image or HxWx3 uint8 array."""
+    _pil()
     from PIL import Image as PILImage, UnidentifiedImageError
 
     label = name or (str(src) if isinstance(src, (str, os.PathLike)) else type(src).__name__)
@@ -112,10 +122,9 @@ def _checked(rgb: np.ndarray, limits: MediaLimits, label: str) -> Image:
 
 def video_frames(path, fps: float = 1.0, max_frames: int = 16, limits: MediaLimits = MediaLimits()) -> list[Image]:
     """Decode `path` with PyAV and keep frames at `fps` (at most `max_frames`, evenly spread)."""
-    try:
-        import av
-    except ImportError:
-        raise MediaError("video needs PyAV: pip install av", path) from None
+    from minicpmv_edge.extras import need
+
+    av = need("av", "video", "video input")
     path = Path(path)
     if not path.is_file():
         raise MediaError("video file does not exist", path)

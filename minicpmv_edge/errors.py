@@ -62,3 +62,9 @@ class Interrupted(EdgeError):
 
 class RuntimeFailure(EdgeError):
     """llama.cpp reported a failure we could not have checked for up front."""
+
+
+class MissingExtraError(EdgeError):
+    """An optional dependency group (a pip extra) is not installed; the message names it."""
+
+    exit_code = 2

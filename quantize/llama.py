@@ -202,6 +202,9 @@ def quantize_text(inp: str | os.PathLike[str], out: str | os.PathLike[str], ftyp
     """Quantize a text GGUF with llama.cpp. `keep_types` names tensors to copy unchanged
     (e.g. int4 checkpoints' losslessly repacked Q4_0/Q4_1 weights)."""
     t0 = time.perf_counter()
+    from minicpmv_edge.extras import require
+
+    require("runtime", "quantizing a text model (llama.cpp's quantizer)")
     inp, out = Path(inp), Path(out)
     ftype = parse_ftype(ftype)
     ott, tet = parse_ggml_type(output_tensor_type), parse_ggml_type(token_embedding_type)

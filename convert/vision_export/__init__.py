@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +39,19 @@ class ExportResult:
     seconds: float
 
 
-def _torch():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise InputError("export-vision needs torch; pip install 'minicpmv-edge[vision-export]'") from None
+def _require(fmt: str, verify: bool) -> None:
+    """Every optional module this export imports, checked before anything is built or written."""
+    from minicpmv_edge.extras import missing, require
+
+    if fmt == "coreml":
+        require("coreml", "export-vision --format coreml")
+        return
+    gone = [m for m in missing("vision-export") if verify or m != "onnxruntime"]
+    if gone:
+        from minicpmv_edge.errors import MissingExtraError
+
+        raise MissingExtraError(f"export-vision --format onnx needs {', '.join(gone)}: "
+                                "pip install 'minicpmv-edge[vision-export]'")
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -80,19 +90,44 @@ def export_vision(src, out_dir, fmt: str = "onnx", grids=None, precisions=PRECIS
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
         raise InputError(f"unknown precision {bad}; choose from {', '.join(PRECISIONS)}")
-    _torch()
-    from .build import build, state_sha256
+    _require(fmt, verify)
+    from .build import build
 
     built = build(src)
     meta = built.meta
     if callable(grids):  # the CLI derives them from mtmd's slicing of common photo sizes
         grids = grids(dict(meta["slicing"], patch_size=meta["patch_size"]))
     grids = check_grids(grids or DEFAULT_GRIDS, built.graph, int(meta["slicing"]["n_merge"]))
-    out_dir = Path(out_dir)
+    final_dir = Path(out_dir)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        final_dir.mkdir(parents=True, exist_ok=True)
+        # everything is written here first and moved into place only when the export is complete
+        out_dir = Path(tempfile.mkdtemp(prefix=".export-tmp-", dir=final_dir))
     except OSError as exc:
-        raise OutputError(f"cannot create output directory ({exc.strerror})", out_dir) from None
+        raise OutputError(f"cannot create output directory ({exc.strerror})", final_dir) from None
+    try:
+        meta, traced = _export(built, meta, out_dir, fmt, grids, precisions, verify)
+        _publish(out_dir, final_dir, meta)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return ExportResult(final_dir, meta, built.module, traced, time.perf_counter() - t0)
+
+
+def _publish(tmp_dir: Path, final_dir: Path, meta: dict) -> None:
+    """Move the finished files into `final_dir`, metadata.json last (a reader never sees a new graph
+    described by an old contract, or metadata naming files that are not there)."""
+    (final_dir / METADATA).unlink(missing_ok=True)
+    for name in meta["files"].values():
+        dst = final_dir / name
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        os.replace(tmp_dir / name, dst)
+    write_metadata(final_dir, meta)
+
+
+def _export(built, meta: dict, out_dir: Path, fmt: str, grids, precisions, verify: bool):
+    from .build import state_sha256
+
     patch = int(meta["patch_size"])
     vit = bool(meta.get("use_vit_merger", True))
     names = list(built.module.input_names)
@@ -134,8 +169,7 @@ def export_vision(src, out_dir, fmt: str = "onnx", grids=None, precisions=PRECIS
                            "description": "one package per grid (files); position indices are baked in"}]
     meta["outputs"] = [{"name": "embeddings", "dtype": "float32", "shape": ["tokens", meta["text_hidden"]],
                         "description": "tokens: see `tokens` per grid"}]
-    write_metadata(out_dir, meta)
-    return ExportResult(out_dir, meta, built.module, traced, time.perf_counter() - t0)
+    return meta, traced
 
 
 def _verify_onnx(built, out_dir: Path, files: dict, grids) -> dict:

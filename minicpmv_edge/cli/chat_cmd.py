@@ -119,6 +119,11 @@ def _user_content(images, video, text, fps, max_frames):
 
 
 def run(args) -> int:
+    from minicpmv_edge.extras import require
+
+    require("runtime", "chat")
+    if args.video:
+        require("video", "--video")
     model = _load(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:

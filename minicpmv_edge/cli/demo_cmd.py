@@ -46,6 +46,10 @@ def _demo_image():
 
 
 def run(args) -> int:
+    from minicpmv_edge.extras import require
+
+    require("fixtures", "demo (it builds a tiny checkpoint with transformers)")
+    require("runtime", "demo")
     from minicpmv_edge.convert import convert
     from minicpmv_edge.edge_runtime import MiniCPMV
     from minicpmv_edge.fixtures import FAMILIES, make_checkpoint

@@ -34,6 +34,9 @@ def run(args) -> int:
     from minicpmv_edge.errors import InputError
     from minicpmv_edge.quantize.quality import as_dict, text_quality, vision_quality
 
+    from minicpmv_edge.extras import require
+
+    require("runtime", "quality")
     if bool(args.mmproj_ref) != bool(args.mmproj):
         raise InputError("--mmproj-ref and --mmproj go together")
     out = {"ref": args.ref, "candidate": args.cand,

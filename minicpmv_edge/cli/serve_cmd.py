@@ -82,13 +82,13 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
-    try:
-        import uvicorn
+    from minicpmv_edge.extras import require
 
-        from minicpmv_edge.edge_runtime.server import MediaPolicy, ServerConfig, create_app
-    except ImportError as exc:
-        raise InputError(f"the server needs its extra: pip install 'minicpmv-edge[server]' ({exc.name} missing)") \
-            from None
+    require("server", "serve")
+    require("runtime", "serve")
+    import uvicorn
+
+    from minicpmv_edge.edge_runtime.server import MediaPolicy, ServerConfig, create_app
     _check(args)
     text, mmproj, default_name = _paths(args)
     config = ServerConfig(
