@@ -169,6 +169,15 @@ int mcv_model_load(const char *text_path, const char *mmproj_path, const mcv_mod
     m->vocab = llama_model_get_vocab(m->lm);
     std::string err;
     int rc = read_prompt_format(m->lm, m->fmt, err);
+    std::string positions;
+    if (rc == MCV_OK && mmproj_path && meta_str(m->lm, "minicpmv_edge.image.positions", positions) &&
+        positions == "canvas") {
+        // MiniCPM-V 4.7: every image token and marker needs its (t, h, w) canvas position and an
+        // index-causal mask (edge_runtime/canvas_positions.py); mtmd's helpers give neither
+        rc = MCV_ERR_UNSUPPORTED;
+        err = "images with canvas M-RoPE positions (MiniCPM-V 4.7) are not supported by the bridge yet; "
+              "load the text model without a projector for text chat, or use the Python runtime";
+    }
     if (rc == MCV_OK && mmproj_path) rc = check_pair(m->lm, m->fmt, mmproj_path, err, &m->slicing);
     if (rc != MCV_OK) {
         llama_model_free(m->lm);
