@@ -13,12 +13,10 @@ KV cache and re-evaluates only what changed (see session.py).
 from __future__ import annotations
 
 import logging
-import resource
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 from minicpmv_edge import schema
 from minicpmv_edge.errors import InputError
@@ -30,7 +28,10 @@ from .engine import Bitmap, Context, Model, Vision
 from .media import Image, MediaLimits
 from .messages import Turn, Video, normalize
 from .prompt import PromptFormat
-from .sampling import Sampler, SamplingOptions
+from .generate import GenerateOptions, generate
+from .grammar import resolve as resolve_grammar
+from .results import ChatResult, Piece, Timings  # noqa: F401  (public names of this module)
+from .sampling import model_defaults
 from .session import Counters, EmbeddingCache, Session
 
 log = logging.getLogger(__name__)
@@ -49,57 +50,6 @@ class LoadOptions:
     # an external image-slice encoder used instead of mtmd's (edge_runtime/external_encoder.py,
     # e.g. OnnxVisionEncoder("vision-onnx/")): n_chunks(rgb), slices(rgb), encode(pixels), check(...)
     vision_encoder: object | None = None
-
-
-@dataclass
-class Timings:
-    load_ms: float = 0.0
-    image_encode_ms: list[float] = field(default_factory=list)
-    prompt_tokens: int = 0
-    prompt_tokens_evaluated: int = 0
-    prefill_ms: float = 0.0
-    generated_tokens: int = 0
-    decode_ms: float = 0.0
-    ttft_ms: float = 0.0
-    peak_rss_mb: float = 0.0
-
-    @property
-    def prefill_tok_s(self) -> float:
-        return self.prompt_tokens_evaluated / (self.prefill_ms / 1e3) if self.prefill_ms > 0 else 0.0
-
-    @property
-    def decode_tok_s(self) -> float:
-        return (self.generated_tokens - 1) / (self.decode_ms / 1e3) if self.decode_ms > 0 and self.generated_tokens > 1 else 0.0
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.update(prefill_tok_s=round(self.prefill_tok_s, 2), decode_tok_s=round(self.decode_tok_s, 2))
-        return d
-
-
-@dataclass
-class Piece:
-    """A streamed piece of the reply; `reasoning` marks thinking text."""
-
-    text: str
-    reasoning: bool = False
-
-
-@dataclass
-class ChatResult:
-    text: str  # the answer (thinking removed)
-    reasoning: str  # the thinking part ("" when thinking is off)
-    raw: str  # everything the model generated
-    finish_reason: str  # "stop" | "length" | "cancelled"
-    timings: Timings
-    usage: dict
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class MiniCPMV:
@@ -140,6 +90,8 @@ class MiniCPMV:
         self._lock = threading.Lock()
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self._stop_ids = {t for s in self.format.stop for t in self._single_token(s)}
+        # generation_config.json's settings (general.sampling.*), else the model card's
+        self.sampling_defaults = model_defaults(self.model.meta)
 
     @classmethod
     def from_folder(cls, folder: str | Path, options: LoadOptions | None = None, **overrides) -> "MiniCPMV":
@@ -231,125 +183,77 @@ class MiniCPMV:
         return np.asarray(PILImage.fromarray(rgb).resize((nw, nh), PILImage.BICUBIC))
 
     # --- chat ---------------------------------------------------------------
-    _D = SamplingOptions()  # the one place sampling defaults live
+    def chat(self, messages, *, stream: bool = False, enable_thinking: bool = False,
+             max_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
+             top_p: float | None = None, min_p: float | None = None, typical_p: float | None = None,
+             repeat_penalty: float | None = None, repeat_last_n: int | None = None,
+             presence_penalty: float | None = None, frequency_penalty: float | None = None,
+             seed: int | None = None, stop: str | list[str] | tuple[str, ...] | None = None,
+             logit_bias: dict | list | None = None, ignore_eos: bool = False,
+             grammar: str | None = None, json_schema: dict | str | None = None, response_format: dict | None = None,
+             logprobs: bool = False, top_logprobs: int = 0,
+             reasoning_format: str = "auto", thinking_budget: int = -1, thinking_budget_message: str = ""):
+        """Answer the conversation `messages`; a ChatResult, or with stream=True an iterator of Pieces
+        (then `last_result` holds the ChatResult once it is exhausted).
 
-    def chat(self, messages, *, stream: bool = False, enable_thinking: bool = False, max_tokens: int = _D.max_tokens,
-             temperature: float = _D.temperature, top_p: float = _D.top_p, top_k: int = _D.top_k,
-             repeat_penalty: float = _D.repeat_penalty, seed: int = _D.seed, stop: list[str] | tuple[str, ...] = ()):
-        sampling = SamplingOptions(temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty,
-                                   seed=seed, max_tokens=max_tokens, stop=tuple(stop)).validated()
+        Sampling arguments left at None take the model's defaults (`sampling_defaults`: the GGUF's
+        general.sampling.* keys from generation_config.json, else the model card's). `seed` None or -1:
+        random. `max_tokens=-1`: until the end of generation or a full context. `logit_bias`: {token id
+        or text: bias} (text is tokenized; a bias of False or -inf bans). Constrain the answer with one
+        of `grammar` (GBNF), `json_schema`, `response_format` (OpenAI's). `logprobs`/`top_logprobs`:
+        per-token log-probabilities in the result (and in each Piece). With `enable_thinking`:
+        `reasoning_format` "auto"/"deepseek" separates the thought, "none" leaves it in the text;
+        `thinking_budget=N` closes the thought after N tokens (`thinking_budget_message` goes before
+        the closing tag)."""
+        given = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                     typical_p=typical_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                     presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed)
+        given = {k: v for k, v in given.items() if v is not None}
+        if stop is not None:
+            given["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        if logit_bias:
+            given["logit_bias"] = self._logit_bias(logit_bias)
+        sampling = replace(self.sampling_defaults, ignore_eos=bool(ignore_eos), **given).validated()
+        opts = GenerateOptions(sampling=sampling, thinking=bool(enable_thinking), reasoning_format=reasoning_format,
+                               thinking_budget=thinking_budget, budget_message=thinking_budget_message,
+                               grammar=resolve_grammar(grammar, json_schema, response_format), logprobs=bool(logprobs),
+                               top_logprobs=top_logprobs).validated()
+        if opts.grammar is not None:
+            opts.grammar.check(self.model)
         # a list of Turns was normalized already (the server decodes images before queueing)
         turns = list(messages) if messages and all(isinstance(m, Turn) for m in messages) \
             else normalize(messages, self.limits)
         prompt, bitmaps = self.build_prompt(turns, enable_thinking)
-        gen = self._generate(prompt, bitmaps, sampling, enable_thinking)
+        gen = generate(self, prompt, bitmaps, opts)
         if stream:
             return gen
         for _ in gen:
             pass
         return self.last_result
 
-    def _generate(self, prompt: str, bitmaps: list[Bitmap], s: SamplingOptions, thinking: bool) -> Iterator[Piece]:
-        with self._lock:
-            self._ctx.clear_abort()
-            t0 = time.perf_counter()
-            timings = Timings(load_ms=self.load_ms)
-            tail = self.format.thinking_prefix_on if thinking else self.format.thinking_prefix_off
-            pre = self.session.prefill(prompt, bitmaps, tail=tail if self.format.thinking_supported else "")
-            timings.image_encode_ms = pre.image_encode_ms
-            timings.prompt_tokens, timings.prompt_tokens_evaluated = pre.n_prompt, pre.n_evaluated
-            sampler = Sampler(self.model, s)
-            raw = bytearray()
-            text_out = ""
-            emitted = 0
-            in_think = thinking
-            close_tag = self.format.think_close
-            finish = "length"
-            t_first = None
-            stops = tuple(s.stop) + tuple(x for x in self.format.stop if not self._single_token(x))
-            try:
-                for _ in range(s.max_tokens):
-                    if self._ctx._abort.is_set():
-                        finish = "cancelled"
-                        break
-                    tok = sampler.sample(self._ctx)
-                    if t_first is None:
-                        t_first = time.perf_counter()
-                        timings.prefill_ms = pre.ms
-                        timings.ttft_ms = (t_first - t0) * 1e3
-                    timings.generated_tokens += 1
-                    if self.model.is_eog(tok) or tok in self._stop_ids:
-                        finish = "stop"
-                        break
-                    raw += self.model.piece(tok)
-                    text = raw.decode("utf-8", errors="ignore") if _complete_utf8(raw) else None
-                    if text is not None:
-                        text_out = text
-                        hit = next((x for x in stops if x and x in text_out), None)
-                        if hit:
-                            text_out = text_out[:text_out.index(hit)]
-                            finish = "stop"
-                        safe = len(text_out) if hit else _safe_len(text_out, stops + ((close_tag,) if in_think else ()))
-                        while emitted < safe:
-                            chunk = text_out[emitted:safe]
-                            if in_think and close_tag in text_out[:safe]:
-                                cut = text_out.index(close_tag)
-                                if emitted < cut:
-                                    yield Piece(text_out[emitted:cut], True)
-                                emitted = cut + len(close_tag)
-                                in_think = False
-                                continue
-                            yield Piece(chunk, in_think)
-                            emitted = safe
-                        if hit:
-                            break
-                    try:
-                        self.session.append_generated(tok)
-                    except Exception as exc:  # aborted from another thread mid-decode
-                        if self._ctx._abort.is_set():
-                            finish = "cancelled"
-                            break
-                        raise exc
-                if emitted < len(text_out) and finish != "cancelled":  # text held back for a stop string that never came
-                    yield Piece(text_out[emitted:], in_think)
-            finally:
-                sampler.close()
-            if t_first is not None:
-                timings.decode_ms = (time.perf_counter() - t_first) * 1e3
-            timings.peak_rss_mb = peak_rss_mb()
-            reasoning, answer = _split_thinking(text_out, thinking, close_tag)
-            self.last_result = ChatResult(
-                text=answer, reasoning=reasoning, raw=text_out, finish_reason=finish, timings=timings,
-                usage={"prompt_tokens": pre.n_prompt, "completion_tokens": timings.generated_tokens,
-                       "total_tokens": pre.n_prompt + timings.generated_tokens})
-
-
-def _split_thinking(text: str, thinking: bool, close_tag: str) -> tuple[str, str]:
-    if thinking and close_tag in text:
-        r, a = text.split(close_tag, 1)
-        return r.strip(), a.lstrip("\n")
-    if thinking:
-        return text.strip(), ""
-    return "", text
-
-
-def _complete_utf8(buf: bytearray) -> bool:
-    try:
-        buf.decode("utf-8")
-        return True
-    except UnicodeDecodeError as exc:
-        return exc.start < len(buf) - 3  # invalid inside, not a cut-off tail: decode with 'ignore'
-
-
-def _safe_len(text: str, stops: tuple[str, ...]) -> int:
-    """How much of `text` can be emitted without splitting a stop string that may be forming."""
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return len(text) - hold
+    def _logit_bias(self, bias) -> tuple[tuple[int, float], ...]:
+        """{token id | text: bias} or [[token id | text, bias], ...]; text is tokenized (as llama-server);
+        False bans a token (-inf)."""
+        items = bias.items() if isinstance(bias, dict) else bias
+        out = []
+        try:
+            pairs = [(k, v) for k, v in items]
+        except (TypeError, ValueError):
+            raise InputError("logit_bias must be a mapping {token: bias} or a list of [token, bias] pairs") from None
+        for key, value in pairs:
+            if value is False:
+                value = float("-inf")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"logit_bias: the bias of {key!r} must be a number or false, got {value!r}")
+            if isinstance(key, str) and key.lstrip("-").isdigit():
+                key = int(key)
+            if isinstance(key, int) and not isinstance(key, bool):
+                out.append((key, float(value)))
+            elif isinstance(key, str) and key:
+                out += [(t, float(value)) for t in self.model.tokenize(key, parse_special=False)]
+            else:
+                raise InputError(f"logit_bias: {key!r} is neither a token id nor text")
+        return tuple(out)
 
 
 def _merge(opts: LoadOptions, overrides: dict) -> LoadOptions:
@@ -358,8 +262,6 @@ def _merge(opts: LoadOptions, overrides: dict) -> LoadOptions:
     unknown = set(overrides) - set(LoadOptions.__dataclass_fields__)
     if unknown:
         raise InputError(f"unknown load option(s): {sorted(unknown)}")
-    from dataclasses import replace
-
     return replace(opts, **overrides)
 
 
