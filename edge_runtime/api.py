@@ -214,7 +214,7 @@ class MiniCPMV:
         if logit_bias:
             given["logit_bias"] = self._logit_bias(logit_bias)
         sampling = replace(self.sampling_defaults, ignore_eos=bool(ignore_eos), **given).validated()
-        opts = GenerateOptions(sampling=sampling, thinking=bool(enable_thinking), reasoning_format=reasoning_format,
+        opts = GenerateOptions(sampling=sampling, reasoning_format=reasoning_format,
                                thinking_budget=thinking_budget, budget_message=thinking_budget_message,
                                grammar=resolve_grammar(grammar, json_schema, response_format), logprobs=bool(logprobs),
                                top_logprobs=top_logprobs).validated()
@@ -224,7 +224,9 @@ class MiniCPMV:
         turns = list(messages) if messages and all(isinstance(m, Turn) for m in messages) \
             else normalize(messages, self.limits)
         prompt, bitmaps = self.build_prompt(turns, enable_thinking)
-        gen = generate(self, prompt, bitmaps, opts)
+        fmt = self.format
+        tail = (fmt.thinking_prefix_on if enable_thinking else fmt.thinking_prefix_off) if fmt.thinking_supported else ""
+        gen = generate(self, prompt, bitmaps, opts, in_think=bool(enable_thinking) and fmt.thinking_supported, tail=tail)
         if stream:
             return gen
         for _ in gen:

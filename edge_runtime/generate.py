@@ -29,7 +29,6 @@ REASONING_FORMATS = ("auto", "deepseek", "none")
 @dataclass(frozen=True)
 class GenerateOptions:
     sampling: SamplingOptions
-    thinking: bool = False
     # "auto" / "deepseek": the thought goes to ChatResult.reasoning (Piece.reasoning when streaming);
     # "none": it stays in the text, unparsed (llama-server's names)
     reasoning_format: str = "auto"
@@ -56,18 +55,19 @@ class GenerateOptions:
         return self
 
 
-def generate(m, prompt: str, bitmaps: list, g: GenerateOptions) -> Iterator[Piece]:
-    """`m` is the MiniCPMV; sets m.last_result when the generation ends (also when cancelled)."""
+def generate(m, prompt: str, bitmaps: list, g: GenerateOptions, *, in_think: bool, tail: str = "") -> Iterator[Piece]:
+    """`m` is the MiniCPMV; sets m.last_result when the generation ends (also when cancelled).
+    `in_think`: the prompt leaves the model inside a thought (it ends with the opening tag);
+    `tail`: the prompt's generation-only end, which the next turn's history does not repeat (session.py)."""
     fmt, model, ctx, s = m.format, m.model, m._ctx, g.sampling
     with m._lock:
         ctx.clear_abort()
         t0 = time.perf_counter()
         timings = Timings(load_ms=m.load_ms)
-        thinking = g.thinking and fmt.thinking_supported
-        tail = fmt.thinking_prefix_on if g.thinking else fmt.thinking_prefix_off
+        thinking = in_think
         sampler = Sampler(model, s, ctx.n_ctx, grammar=g.grammar, grammar_active=not thinking)
         try:
-            pre = m.session.prefill(prompt, bitmaps, tail=tail if fmt.thinking_supported else "")
+            pre = m.session.prefill(prompt, bitmaps, tail=tail)
         except BaseException:
             sampler.close()
             raise

@@ -134,7 +134,7 @@ def test_bad_arguments(m45):
     with pytest.raises(InputError, match="role"):
         m.chat([{"role": "robot", "content": "hi"}])
     with pytest.raises(InputError, match="top_p"):
-        ask(m, "hi", top_p=0)
+        ask(m, "hi", top_p=1.5)
     with pytest.raises(InputError, match="last message"):
         m.chat([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     assert all(issubclass(e, EdgeError) for e in (MediaError, MismatchError, ContextOverflowError, GGUFError))

@@ -29,13 +29,9 @@ def _common(p) -> None:
     p.add_argument("-p", "--prompt", help="one-shot prompt; without it, chat interactively")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--think", action="store_true", help="enable thinking (4.5, 4.6)")
-    p.add_argument("-n", "--max-tokens", type=int, default=512, help="tokens to generate at most")
-    p.add_argument("--temp", type=float_range(0.0, None), default=0.7, help="temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float_range(0.0, 1.0, lo_open=True), default=0.8, help="nucleus sampling")
-    p.add_argument("--top-k", type=int_range(0, None), default=100, help="top-k sampling (0 = off)")
-    p.add_argument("--repeat-penalty", type=float_range(0.0, None, lo_open=True), default=1.05,
-                   help="repetition penalty (1 = off)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    from .sampling_flags import add_sampling_flags
+
+    add_sampling_flags(p)
     add_load_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with text and timings")
     p.set_defaults(run=run)
@@ -91,8 +87,9 @@ def _timing_line(r) -> str:
 
 
 def _answer(model, messages, args, out):
-    kw = dict(enable_thinking=args.think, max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p,
-              top_k=args.top_k, repeat_penalty=args.repeat_penalty, seed=args.seed)
+    from .sampling_flags import sampling_kwargs
+
+    kw = dict(enable_thinking=args.think, **sampling_kwargs(args))
     if args.json:
         return model.chat(messages, **kw)
     in_reasoning = False
@@ -110,6 +107,14 @@ def _answer(model, messages, args, out):
     return r
 
 
+def _json_result(r) -> dict:
+    d = {"text": r.text, "reasoning": r.reasoning, "finish_reason": r.finish_reason, "seed": r.seed,
+         "usage": r.usage, "timings": r.timings.as_dict()}
+    if r.logprobs is not None:
+        d["logprobs"] = [e.as_openai() for e in r.logprobs]
+    return d
+
+
 def _user_content(images, video, text, fps, max_frames):
     content = [{"type": "image", "image": path} for path in images]
     if video:
@@ -121,9 +126,12 @@ def _user_content(images, video, text, fps, max_frames):
 def run(args) -> int:
     from minicpmv_edge.extras import require
 
+    from .sampling_flags import sampling_kwargs
+
     require("runtime", "chat")
     if args.video:
         require("video", "--video")
+    sampling_kwargs(args)  # bad flag combinations and unreadable grammar files fail before the model loads
     model = _load(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
@@ -131,8 +139,7 @@ def run(args) -> int:
                                                                   args.fps, args.max_frames)})
         r = _answer(model, messages, args, sys.stdout)
         if args.json:
-            print(json.dumps({"text": r.text, "reasoning": r.reasoning, "finish_reason": r.finish_reason,
-                              "usage": r.usage, "timings": r.timings.as_dict()}, ensure_ascii=False))
+            print(json.dumps(_json_result(r), ensure_ascii=False))
         return 0
     return _interactive(model, messages, args)
 
