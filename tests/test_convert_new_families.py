@@ -136,3 +136,13 @@ def test_family_flag_names_both(store, tmp_path):
              "minicpm-ocr-1.0", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["family"] == "minicpm-ocr-1.0"
+
+
+def test_inspect_describes_both(store):
+    r47 = _cli("inspect", str(store.converted("minicpmv-4.7").text_path.parent), "--json")
+    rocr = _cli("inspect", str(store.converted("minicpm-ocr-1.0").text_path.parent), "--json")
+    assert r47.returncode == 0 and rocr.returncode == 0, r47.stderr + rocr.stderr
+    t47 = json.dumps(json.loads(r47.stdout))
+    tocr = json.dumps(json.loads(rocr.stdout))
+    assert '"minicpmv_edge.image.positions": "canvas"' in t47 and "minicpmv-4.7" in t47
+    assert '"minicpmv_edge.image.small_image_upsize": "always"' in tocr and '"4x"' in tocr

@@ -12,7 +12,10 @@ EXAMPLES = """examples:
 
 KEY_FIELDS = ("general.name", "minicpmv_edge.family", "clip.projector_type", "clip.minicpmv_version",
               "clip.minicpmv_query_num", "clip.vision.image_size", "clip.vision.projector.scale_factor",
-              "tokenizer.ggml.model", "tokenizer.ggml.pre")
+              "tokenizer.ggml.model", "tokenizer.ggml.pre",
+              # 4.7 / OCR: how images enter the text model (docs/families-4.7-ocr.md)
+              "minicpmv_edge.image.positions", "minicpmv_edge.image.small_image_upsize",
+              "minicpmv_edge.image.downsample_mode")
 
 
 def add_parser(sub) -> None:
