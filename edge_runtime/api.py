@@ -212,7 +212,7 @@ class MiniCPMV:
         if stop is not None:
             given["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
         if logit_bias:
-            given["logit_bias"] = self._logit_bias(logit_bias)
+            given["logit_bias"] = self.token_biases(logit_bias)
         sampling = replace(self.sampling_defaults, ignore_eos=bool(ignore_eos), **given).validated()
         opts = GenerateOptions(sampling=sampling, reasoning_format=reasoning_format,
                                thinking_budget=thinking_budget, budget_message=thinking_budget_message,
@@ -233,7 +233,7 @@ class MiniCPMV:
             pass
         return self.last_result
 
-    def _logit_bias(self, bias) -> tuple[tuple[int, float], ...]:
+    def token_biases(self, bias) -> tuple[tuple[int, float], ...]:
         """{token id | text: bias} or [[token id | text, bias], ...]; text is tokenized (as llama-server);
         False bans a token (-inf)."""
         items = bias.items() if isinstance(bias, dict) else bias
@@ -250,6 +250,8 @@ class MiniCPMV:
             if isinstance(key, str) and key.lstrip("-").isdigit():
                 key = int(key)
             if isinstance(key, int) and not isinstance(key, bool):
+                if not 0 <= key < self.model.n_vocab:
+                    raise InputError(f"logit_bias: token {key} is outside the vocabulary (0..{self.model.n_vocab - 1})")
                 out.append((key, float(value)))
             elif isinstance(key, str) and key:
                 out += [(t, float(value)) for t in self.model.tokenize(key, parse_special=False)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from minicpmv_edge.errors import ContextOverflowError, EdgeError, InputError, MediaError
 
 from ..messages import normalize
+from . import request as R
 from . import schemas as S
 from .middleware import ApiKey, BodyLimit, RequestLog
 from .sources import MediaPolicy
@@ -46,6 +46,7 @@ class ServerConfig:
     max_body_bytes: int = 20 << 20
     max_images: int = 8  # per request
     max_tokens_limit: int = 4096  # refuse larger max_tokens
+    max_n: int = 8  # choices per request (generated one after another)
     default_max_tokens: int = 512
     media: MediaPolicy = field(default_factory=MediaPolicy)
 
@@ -165,19 +166,12 @@ async def _chat(body: S.ChatCompletionRequest, request: Request, config: ServerC
     if n_images > config.max_images:
         raise ApiError(400, f"{n_images} images in one request; this server accepts at most {config.max_images}",
                        code="too_many_images", param="messages")
-    thinking = bool((body.chat_template_kwargs or {}).get("enable_thinking", False))
-    if thinking and not model.format.thinking_supported:
-        raise ApiError(400, f"{model.format.family} has no thinking mode", param="chat_template_kwargs")
-    max_tokens = body.max_completion_tokens or body.max_tokens or min(config.default_max_tokens,
-                                                                      config.max_tokens_limit)
-    if max_tokens > config.max_tokens_limit:
-        raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {config.max_tokens_limit}",
-                       param="max_tokens")
-    kwargs = dict(enable_thinking=thinking, max_tokens=max_tokens, stop=body.stop_list(),
-                  seed=body.seed if body.seed is not None else random.getrandbits(31))
-    for name in ("temperature", "top_p", "top_k", "repeat_penalty"):
-        if getattr(body, name) is not None:
-            kwargs[name] = getattr(body, name)
+    try:
+        p = await run_in_threadpool(R.plan, body, model, config)  # may compile a grammar: off the event loop
+    except R.FieldError as exc:
+        raise ApiError(400, str(exc), param=exc.param) from None
+    except EdgeError as exc:
+        raise error_for(exc) from None
     messages = [_plain(m) for m in body.messages]
     try:
         worker.reserve()  # a queue slot first: a full server refuses before decoding any image
@@ -190,7 +184,7 @@ async def _chat(body: S.ChatCompletionRequest, request: Request, config: ServerC
         if isinstance(exc, EdgeError):
             raise error_for(exc) from None
         raise
-    job = Job(turns, kwargs, asyncio.get_running_loop())
+    job = Job(turns, p.kwargs, asyncio.get_running_loop(), n=p.n)
     worker.submit(job)
     deadline = t_arrival + config.request_timeout_s
     waiter = _Waiter(request, job, worker, deadline, config.request_timeout_s)
@@ -200,19 +194,19 @@ async def _chat(body: S.ChatCompletionRequest, request: Request, config: ServerC
         if first[0] == "error":
             raise error_for(first[1])
         if not body.stream:
-            pieces = [first]
-            while pieces[-1][0] == "piece":
-                pieces.append(await waiter.next())
-            if pieces[-1][0] == "error":
-                raise error_for(pieces[-1][1])
-            r = pieces[-1][1]
-            request.state.usage = r.usage
-            msg = {"role": "assistant", "content": r.text}
-            if thinking:
-                msg["reasoning_content"] = r.reasoning
-            return {**meta, "object": "chat.completion", "choices": [
-                {"index": 0, "message": msg, "finish_reason": _finish(r.finish_reason), "logprobs": None}],
-                "usage": r.usage}
+            ev = first
+            while ev[0] in ("piece", "choice"):
+                ev = await waiter.next()
+            if ev[0] == "error":
+                raise error_for(ev[1])
+            results = ev[1]
+            request.state.usage = usage = _usage(results)
+            choices = []
+            for i, r in enumerate(results):
+                msg, lp = R.message(r, p.thinking, p.logprobs)
+                choices.append({"index": i, "message": msg, "finish_reason": R.finish_reason(r.finish_reason),
+                                "logprobs": lp})
+            return {**meta, "object": "chat.completion", "choices": choices, "usage": usage}
     except _Gone:
         request.state.note = "client disconnected"
         return Response(status_code=499)
@@ -228,8 +222,11 @@ def _busy(retry_after: int) -> ApiError:
                     code="queue_full", headers={"Retry-After": str(retry_after)})
 
 
-def _finish(reason: str) -> str:
-    return "stop" if reason == "stop" else "length"
+def _usage(results) -> dict:
+    """n choices share one prompt: it is counted once."""
+    prompt = results[0].usage["prompt_tokens"] if results else 0
+    completion = sum(r.usage["completion_tokens"] for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _plain(m) -> dict:
@@ -237,7 +234,10 @@ def _plain(m) -> dict:
     content = m.content
     if isinstance(content, list):
         content = [p.model_dump(exclude_none=True) for p in content]
-    return {"role": role, "content": content}
+    out = {"role": role, "content": content}
+    if getattr(m, "reasoning_content", None) is not None:
+        out["reasoning_content"] = m.reasoning_content
+    return out
 
 
 class _Gone(Exception):
@@ -282,20 +282,33 @@ def _event(obj) -> bytes:
 
 async def _sse(first, waiter: _Waiter, request: Request, meta: dict, include_usage: bool):
     finished = False
-    chunk = lambda delta, finish=None: {**meta, "object": "chat.completion.chunk", "choices": [  # noqa: E731
-        {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    chunk = lambda i, delta, finish=None, lp=None: {**meta, "object": "chat.completion.chunk", "choices": [  # noqa: E731
+        {"index": i, "delta": delta, "finish_reason": finish, "logprobs": lp}]}
+    started: set[int] = set()
     try:
-        yield _event(chunk({"role": "assistant", "content": ""}))
         ev = first
         while True:
             kind, val = ev
             if kind == "piece":
-                yield _event(chunk({"reasoning_content": val.text} if val.reasoning else {"content": val.text}))
+                i, piece = val
+                delta = {"reasoning_content": piece.text} if piece.reasoning else {"content": piece.text}
+                if not piece.text:
+                    delta = {}
+                if i not in started:  # the first chunk of a choice names the role
+                    started.add(i)
+                    delta = {"role": "assistant", **delta}
+                if delta or piece.logprobs:
+                    yield _event(chunk(i, delta, lp=R.piece_logprobs(piece)))
+            elif kind == "choice":
+                i, r = val
+                if i not in started:
+                    started.add(i)
+                    yield _event(chunk(i, {"role": "assistant", "content": ""}))
+                yield _event(chunk(i, {}, R.finish_reason(r.finish_reason)))
             elif kind == "done":
-                request.state.usage = val.usage
-                yield _event(chunk({}, _finish(val.finish_reason)))
+                request.state.usage = usage = _usage(val or [])
                 if include_usage:
-                    yield _event({**meta, "object": "chat.completion.chunk", "choices": [], "usage": val.usage})
+                    yield _event({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage})
                 break
             else:
                 e = error_for(val)
@@ -322,12 +335,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req, exc: RequestValidationError):
         errs = exc.errors()
-        first = errs[0] if errs else {}
+        # a field we do not implement is named as such, whatever else is wrong
+        unknown = next((e for e in errs if e.get("type") == "extra_forbidden"), None)
+        # else the most specific problem: a value inside a union (content: str | [parts]) fails every branch,
+        # and the deepest location is the one the caller got wrong
+        first = unknown or max(errs, key=lambda e: len(e.get("loc", ())), default={})
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         if first.get("type") == "json_invalid":
             return ApiError(400, f"request body is not valid JSON ({first.get('msg', '')})",
                             code="invalid_json").response()
         where = ".".join(loc)
+        if unknown:
+            return ApiError(400, f"{where}: this field is not supported by minicpmv-edge (see docs/api-fields.md)",
+                            param=where, code="unsupported_field").response()
         more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
         msg = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request"))
         return ApiError(400, msg + more, param=where or None, code="invalid_value").response()

@@ -29,9 +29,13 @@ _WATCH_S = 0.02
 
 @dataclass
 class Job:
+    """Events: ("piece", (choice, Piece)), ("choice", (choice, ChatResult)) after each of the `n`
+    choices, then ("done", [ChatResult]) or ("error", exception)."""
+
     turns: list
     kwargs: dict  # MiniCPMV.chat keyword arguments
     loop: asyncio.AbstractEventLoop
+    n: int = 1  # choices, generated one after another (a given seed: seed + choice)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     reason: str = ""  # "disconnect" | "timeout" | "shutdown"
@@ -123,10 +127,18 @@ class Worker:
 
     def _generate(self, job: Job) -> None:
         try:
-            gen = self.model.chat(job.turns, stream=True, **job.kwargs)
-            for piece in gen:
-                job.emit("piece", piece)
-            job.emit("done", self.model.last_result)
+            results = []
+            for i in range(job.n):
+                if job.cancelled.is_set():
+                    break
+                kwargs = dict(job.kwargs)
+                if i and kwargs.get("seed", -1) != -1:
+                    kwargs["seed"] = (kwargs["seed"] + i) % (2**32 - 1)
+                for piece in self.model.chat(job.turns, stream=True, **kwargs):
+                    job.emit("piece", (i, piece))
+                results.append(self.model.last_result)
+                job.emit("choice", (i, results[-1]))
+            job.emit("done", results)
         except Exception as exc:  # noqa: BLE001 - every failure goes back to its request
             if job.cancelled.is_set():
                 job.emit("done", None)  # aborted mid-decode: nobody is waiting for details
