@@ -167,8 +167,19 @@ class Model:
         self.close()
 
 
+SNAPSHOT_SEQ = 1  # the spare sequence that holds a snapshot of sequence 0 (recurrent models only)
+
+
 class Context:
-    """A llama_context with one sequence; tracks how many positions are filled."""
+    """A llama_context on sequence 0; tracks how many positions are filled.
+
+    Models whose memory cannot be cut back to a position (4.6's Qwen3.5: recurrent linear-attention
+    layers beside the KV cache) get a second sequence that holds one snapshot of sequence 0
+    (`snapshot`/`restore`). llama.cpp copies nothing to take it: `llama_memory_seq_cp` tags the
+    shared KV cells with both sequences (kv_unified: one stream, so no buffer copy) and lets both
+    point at the same recurrent cell, which is copied once, inside the next decode graph, when
+    sequence 0 moves on (llama-memory-recurrent.cpp find_slot). A full `llama_state_seq_get_data`
+    serialises the whole KV cache instead (21 MB and ~1 s per turn at 4.6's real size)."""
 
     def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 512, n_threads: int | None = None):
         L = _llama()
@@ -182,6 +193,16 @@ class Context:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = False
+        self.can_snapshot = not model.can_truncate
+        if self.can_snapshot:
+            # kv_unified: both sequences in one KV stream, so a snapshot shares cells instead of
+            # copying them, and n_ctx is not split between the sequences
+            params.n_seq_max = 2
+            params.kv_unified = True
+        self._snapshot_n_past: int | None = None
+        self.n_snapshots = 0  # snapshot() calls (cheap sequence copies)
+        self.n_restores = 0  # restore() calls
+        self.n_state_saves = 0  # full state serialisations (save_state); the session takes none
         self.ptr = L.llama_init_from_model(model.ptr, params)
         if not self.ptr:
             raise RuntimeFailure("llama.cpp could not create a context (out of memory?)", model.path)
@@ -197,10 +218,41 @@ class Context:
         L = _llama()
         L.llama_memory_clear(L.llama_get_memory(self.ptr), True)
         self.n_past = 0
+        self._snapshot_n_past = None
+
+    def snapshot(self) -> None:
+        """Keep sequence 0 as it is now in the spare sequence (replacing an older snapshot)."""
+        if not self.can_snapshot:
+            raise RuntimeFailure("this context has no spare sequence for snapshots")
+        L = self._L
+        mem = L.llama_get_memory(self.ptr)
+        L.llama_memory_seq_rm(mem, SNAPSHOT_SEQ, -1, -1)
+        L.llama_memory_seq_cp(mem, 0, SNAPSHOT_SEQ, -1, -1)
+        self._snapshot_n_past = self.n_past
+        self.n_snapshots += 1
+
+    @property
+    def snapshot_n_past(self) -> int | None:
+        return self._snapshot_n_past
+
+    def restore(self) -> bool:
+        """Make sequence 0 what it was at the last snapshot (which stays for later restores).
+        False when there is none."""
+        if self._snapshot_n_past is None:
+            return False
+        L = self._L
+        mem = L.llama_get_memory(self.ptr)
+        L.llama_memory_seq_rm(mem, 0, -1, -1)
+        L.llama_memory_seq_cp(mem, SNAPSHOT_SEQ, 0, -1, -1)
+        self.n_past = self._snapshot_n_past
+        self.n_restores += 1
+        return True
 
     def save_state(self) -> bytes:
-        """Snapshot of sequence 0 (KV and recurrent state) at the current position."""
+        """Full serialisation of sequence 0 (KV and recurrent state) at the current position:
+        for persisting a conversation; within a process `snapshot` costs nothing."""
         L = self._L
+        self.n_state_saves += 1
         size = L.llama_state_seq_get_size(self.ptr, 0)
         buf = (ctypes.c_uint8 * size)()
         n = L.llama_state_seq_get_data(self.ptr, buf, size, 0)

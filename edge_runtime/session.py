@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,10 +31,13 @@ class Counters:
     images_encoded: int = 0  # image chunks run through the vision encoder
     image_cache_hits: int = 0  # image chunks decoded from cached embeddings
     image_encode_ms: list[float] = field(default_factory=list)
+    # recurrent models (4.6): state snapshots taken (one per turn, where the next turn's prompt
+    # diverges; a sequence copy in llama.cpp, see engine.Context) and restores of one
+    state_snapshots: int = 0
+    state_restores: int = 0
 
     def snapshot(self) -> "Counters":
-        return Counters(self.tokens_evaluated, self.prompt_tokens_reused, self.images_encoded,
-                        self.image_cache_hits, list(self.image_encode_ms))
+        return replace(self, image_encode_ms=list(self.image_encode_ms))
 
 
 class EmbeddingCache:
@@ -84,14 +87,27 @@ class Session:
         self._pixels: dict[int, list] = {}
         self.units: list[tuple] = []  # what the KV cache holds, in order
         self.counters = Counters()
-        # models whose memory cannot be cut back (recurrent layers) keep one snapshot taken
-        # just before the assistant's generation prefix: where the next turn's prompt diverges
-        self._checkpoint: tuple[list[tuple], int, bytes] | None = None
+        # models whose memory cannot be cut back (recurrent layers) keep one snapshot (the context's
+        # spare sequence), taken just before the assistant's generation prefix: where the next
+        # turn's prompt diverges. These are the units it holds.
+        self._snapshot_units: list[tuple] | None = None
 
     def reset(self) -> None:
         self.ctx.clear()
         self.units = []
-        self._checkpoint = None
+        self._snapshot_units = None
+
+    def _take_snapshot(self) -> None:
+        self.ctx.snapshot()
+        self._snapshot_units = list(self.units)
+        self.counters.state_snapshots += 1
+
+    def _restore_snapshot(self) -> bool:
+        if self._snapshot_units is None or not self.ctx.restore():
+            return False
+        self.units = list(self._snapshot_units)
+        self.counters.state_restores += 1
+        return True
 
     def prefill(self, text: str, bitmaps: list[Bitmap], tail: str = "") -> PrefillStats:
         """Make the KV cache hold exactly `text` (with images at the markers); logits ready.
@@ -111,7 +127,7 @@ class Session:
             n_tail = self._tail_units(plan, tail)
             if n_tail and not self.ctx.model.can_truncate and keep < len(plan) - n_tail:
                 evaluated, encode_ms = self._evaluate(plan[keep:len(plan) - n_tail], chunks)
-                self._checkpoint = (list(self.units), self.ctx.n_past, self.ctx.save_state())
+                self._take_snapshot()
                 more, more_ms = self._evaluate(plan[len(plan) - n_tail:], chunks)
                 evaluated, encode_ms = evaluated + more, encode_ms + more_ms
             else:
@@ -131,13 +147,11 @@ class Session:
             self.ctx.truncate(pos)
             self.units = self.units[:keep]
             return keep
-        ck = self._checkpoint
-        if ck is not None and len(ck[0]) <= keep and [u for u, _ in plan[:len(ck[0])]] == ck[0]:
-            self.ctx.load_state(ck[2], ck[1])
-            self.units = list(ck[0])
-            return len(ck[0])
-        self.ctx.clear()
-        self.units = []
+        snap = self._snapshot_units
+        if snap is not None and len(snap) <= keep and [u for u, _ in plan[:len(snap)]] == snap \
+                and self._restore_snapshot():
+            return len(snap)
+        self.reset()
         return 0
 
     def _tail_units(self, plan: list[tuple], tail: str) -> int:
