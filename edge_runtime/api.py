@@ -88,6 +88,7 @@ class MiniCPMV:
         else:
             self.session = Session(self._ctx, self.vision, self.cache, encoder=enc)
         self._lock = threading.Lock()
+        self._health: str | None = None
         self.load_ms = (time.perf_counter() - t0) * 1e3
         self._stop_ids = {t for s in self.format.stop for t in self._single_token(s)}
         # generation_config.json's settings (general.sampling.*), else the model card's
@@ -106,8 +107,20 @@ class MiniCPMV:
         self.session.reset()
 
     def cancel(self) -> None:
-        """Stop a running generation from another thread (it returns finish_reason 'cancelled')."""
+        """Stop a running generation from another thread (it returns finish_reason 'cancelled'),
+        in prefill or decode; the KV cache stays consistent and the next chat() works as usual."""
         self._ctx.request_abort()
+
+    def health(self) -> str | None:
+        """None when llama.cpp's cache holds exactly what the session recorded; else the problem.
+        While a generation runs the state is in flux: then the answer of the last check."""
+        if not self._lock.acquire(blocking=False):
+            return self._health
+        try:
+            self._health = self.session.consistency_problem()
+        finally:
+            self._lock.release()
+        return self._health
 
     def close(self) -> None:
         for h in (getattr(self, "_ctx", None), getattr(self, "vision", None), getattr(self, "model", None)):

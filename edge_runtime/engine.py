@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minicpmv_edge.errors import ContextOverflowError, GGUFError, MediaError, RuntimeFailure
+from minicpmv_edge.errors import Cancelled, ContextOverflowError, GGUFError, MediaError, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,28 @@ class Context:
             raise RuntimeFailure("could not restore a saved sequence state")
         self.n_past = n_past
 
+    def pos_max(self) -> int:
+        """The last position llama.cpp's memory holds for sequence 0 (-1: empty): the truth the
+        session's record is checked against."""
+        L = self._L
+        return int(L.llama_memory_seq_pos_max(L.llama_get_memory(self.ptr), 0))
+
+    def cut(self, pos: int) -> bool:
+        """Remove positions >= pos; False when the memory cannot (recurrent state), nothing changed then."""
+        L = self._L
+        if not L.llama_memory_seq_rm(L.llama_get_memory(self.ptr), 0, int(pos), -1):
+            return False
+        self.n_past = int(pos)
+        return True
+
+    def _check_rc(self, rc: int, what: str) -> None:
+        # llama_decode: 2 = aborted by the abort callback (llama-context.cpp:1917); the failed
+        # ubatch's positions are gone again, earlier ubatches of the call stay (the session resyncs)
+        if rc == 2 or (rc != 0 and self._abort.is_set()):
+            raise Cancelled(f"{what} was cancelled")
+        if rc != 0:
+            raise RuntimeFailure(f"{what} failed with code {rc}")
+
     def truncate(self, n_keep: int) -> None:
         """Drop positions >= n_keep (keeps the shared prefix for multi-turn reuse)."""
         L = _llama()
@@ -314,8 +336,7 @@ class Context:
             rc = L.llama_decode(self.ptr, batch)
         finally:
             L.llama_batch_free(batch)
-        if rc != 0:
-            raise RuntimeFailure(f"llama_decode failed with code {rc}")
+        self._check_rc(rc, "llama_decode")
         self.n_past += len(tokens)
 
     def decode_embeddings(self, embd: np.ndarray, pos: np.ndarray, index_causal: bool = False,
@@ -356,8 +377,7 @@ class Context:
                 batch.seq_id = seq_ids
                 batch.logits = out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
                 rc = L.llama_decode(self.ptr, batch)
-                if rc != 0:
-                    raise RuntimeFailure(f"llama_decode of image embeddings failed with code {rc}")
+                self._check_rc(rc, "llama_decode of image embeddings")
         finally:
             if index_causal:
                 L.llama_set_causal_attn(self.ptr, True)
@@ -470,8 +490,7 @@ class Vision:
             self.ptr, ctx.ptr, chunk, embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
             ctx.n_past, 0, ctx.n_batch, ctypes.byref(new_n_past),
             ctypes.cast(None, M.mtmd_helper_post_decode_callback), ctypes.c_void_p(0))
-        if rc != 0:
-            raise RuntimeFailure(f"decoding image embeddings failed with code {rc}")
+        ctx._check_rc(rc, "decoding image embeddings")
         ctx.n_past = int(new_n_past.value)
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
 
-from minicpmv_edge.errors import InputError
+from minicpmv_edge.errors import Cancelled, InputError
 
 from .grammar import Grammar
 from .logprobs import MAX_TOP_LOGPROBS, LogprobRecorder
@@ -68,6 +68,12 @@ def generate(m, prompt: str, bitmaps: list, g: GenerateOptions, *, in_think: boo
         sampler = Sampler(model, s, ctx.n_ctx, grammar=g.grammar, grammar_active=not thinking)
         try:
             pre = m.session.prefill(prompt, bitmaps, tail=tail)
+        except Cancelled:  # cancel() landed during prefill; the session has resynced its cache
+            sampler.close()
+            timings.peak_rss_mb = peak_rss_mb()
+            m.last_result = ChatResult(text="", reasoning="", raw="", finish_reason="cancelled", timings=timings,
+                                       usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+            return
         except BaseException:
             sampler.close()
             raise

@@ -11,6 +11,7 @@ being encoded again (keyed by a hash of its pixels and slice settings).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,8 @@ import numpy as np
 from minicpmv_edge.errors import MismatchError
 
 from .engine import CHUNK_IMAGE, CHUNK_TEXT, Bitmap, Context, Vision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Session:
         self._bitmaps: list[Bitmap] = []
         self._pixels: dict[int, list] = {}
         self.units: list[tuple] = []  # what the KV cache holds, in order
+        self._committed = 0  # ctx.n_past right after the last unit was recorded (see _resync)
         self.counters = Counters()
         # models whose memory cannot be cut back (recurrent layers) keep one snapshot (the context's
         # spare sequence), taken just before the assistant's generation prefix: where the next
@@ -95,6 +99,7 @@ class Session:
     def reset(self) -> None:
         self.ctx.clear()
         self.units = []
+        self._committed = 0
         self._snapshot_units = None
 
     def _take_snapshot(self) -> None:
@@ -106,8 +111,45 @@ class Session:
         if self._snapshot_units is None or not self.ctx.restore():
             return False
         self.units = list(self._snapshot_units)
+        self._commit()
         self.counters.state_restores += 1
         return True
+
+    # --- keeping the record and llama.cpp's memory equal after a failure ------------------
+    # A decode can stop anywhere (cancel() fires llama.cpp's abort callback, a llama_decode
+    # error, a bad image): llama.cpp then drops only the failed ubatch, so earlier ubatches of
+    # the same call stay in its memory while `units` never recorded them. Every evaluation
+    # therefore ends in `_resync` on failure, which cuts the memory back to what `units` says.
+    def _commit(self) -> None:
+        self._committed = self.ctx.n_past
+
+    def _resync(self) -> None:
+        """Make llama.cpp's memory hold exactly `units` again (or nothing, if it cannot)."""
+        ctx = self.ctx
+        if ctx.model.can_truncate:
+            if ctx.cut(self._committed) and ctx.pos_max() < self._committed:
+                return
+        else:
+            # a recurrent state is overwritten in place while a ubatch runs: after an abort it cannot
+            # be trusted at any position; the snapshot (a separate sequence) taken before the
+            # generation prefix can
+            snap = self._snapshot_units
+            if snap is not None and self.units[:len(snap)] == snap and self._restore_snapshot():
+                return
+        self.reset()
+
+    def consistency_problem(self) -> str | None:
+        """None when llama.cpp's memory ends where `units` says; otherwise the difference, in words."""
+        top = self.ctx.pos_max()
+        if not self.units:
+            return None if top < 0 and self.ctx.n_past == 0 else \
+                f"the cache holds positions up to {top} but the session records none"
+        if self.ctx.n_past != self._committed:
+            return f"the context is at position {self.ctx.n_past} but the session recorded {self._committed}"
+        # M-RoPE images advance the position by less than their rows: only an upper bound holds then
+        if top >= self._committed or (self.ctx.model.n_pos_per_embd == 1 and top != self._committed - 1):
+            return f"the cache ends at position {top} but the session recorded {self._committed}"
+        return None
 
     def prefill(self, text: str, bitmaps: list[Bitmap], tail: str = "") -> PrefillStats:
         """Make the KV cache hold exactly `text` (with images at the markers); logits ready.
@@ -115,6 +157,10 @@ class Session:
         `tail`: the generation-only end of `text` (e.g. a thinking prefix) that the next
         turn's history will not repeat; recurrent models snapshot their state before it."""
         t0 = time.perf_counter()
+        problem = self.consistency_problem()
+        if problem:  # never expected; a clean cache beats answering from a corrupt one
+            log.warning("resetting the KV cache: %s", problem)
+            self.reset()
         plan, chunks = self._plan(text, bitmaps)
         try:
             keep = 0
@@ -132,6 +178,9 @@ class Session:
                 evaluated, encode_ms = evaluated + more, encode_ms + more_ms
             else:
                 evaluated, encode_ms = self._evaluate(plan[keep:], chunks)
+        except BaseException:
+            self._resync()
+            raise
         finally:
             if chunks is not None:
                 chunks.close()
@@ -143,9 +192,9 @@ class Session:
         if keep >= len(self.units):
             return keep
         pos = sum(_n_pos(u) for u in self.units[:keep])
-        if self.ctx.model.can_truncate:
-            self.ctx.truncate(pos)
+        if self.ctx.model.can_truncate and self.ctx.cut(pos):
             self.units = self.units[:keep]
+            self._commit()
             return keep
         snap = self._snapshot_units
         if snap is not None and len(snap) <= keep and [u for u, _ in plan[:len(snap)]] == snap \
@@ -228,6 +277,7 @@ class Session:
                 toks = [u[1] for u, _ in todo[i:j]]
                 self.ctx.decode(toks, logits_last=(j == len(todo)))
                 self.units.extend(u for u, _ in todo[i:j])
+                self._commit()
                 self.counters.tokens_evaluated += len(toks)
                 evaluated += len(toks)
                 i = j
@@ -236,6 +286,7 @@ class Session:
                 ms = self.planner.evaluate(self.ctx, idx, logits_last=(i == len(todo) - 1))
                 encode_ms += ms
                 self.units.append(unit)
+                self._commit()
                 i += 1
                 continue
             chunk = chunks[idx]
@@ -254,12 +305,18 @@ class Session:
                 self.counters.image_cache_hits += 1
             self.vision.decode_image_chunk(self.ctx, chunk, embd)
             self.units.append(unit)
+            self._commit()
             i += 1
         return evaluated, encode_ms
 
     def append_generated(self, token: int) -> None:
-        self.ctx.decode([token])
+        try:
+            self.ctx.decode([token])
+        except BaseException:
+            self._resync()
+            raise
         self.units.append(("tok", token))
+        self._commit()
         self.counters.tokens_evaluated += 1
 
 

@@ -68,3 +68,7 @@ class MissingExtraError(EdgeError):
     """An optional dependency group (a pip extra) is not installed; the message names it."""
 
     exit_code = 2
+
+
+class Cancelled(RuntimeFailure):
+    """llama.cpp stopped a decode because cancel() was called (its abort callback fired)."""

@@ -125,8 +125,13 @@ def create_app(config: ServerConfig, load: Callable[[], object],
 
     @app.get("/health", response_model=S.Health, responses={503: {"model": S.Health}})
     async def health():
-        code = 200 if state.status == "ok" else 503
-        return JSONResponse({"status": state.status}, status_code=code)
+        if state.status != "ok":
+            return JSONResponse({"status": state.status}, status_code=503)
+        # the truth, not a flag: llama.cpp's cache compared with the session's record of it
+        problem = await run_in_threadpool(state.model.health)
+        if problem:
+            return JSONResponse({"status": "error", "detail": problem}, status_code=503)
+        return JSONResponse({"status": "ok"}, status_code=200)
 
     @app.get("/v1/models", response_model=S.ModelList, responses=errors)
     async def models():

@@ -303,3 +303,4 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "loading", "error"]
+    detail: Optional[str] = Field(None, description="what is wrong, with status error")
