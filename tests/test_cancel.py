@@ -76,7 +76,7 @@ def test_abort_at_any_point_keeps_the_model_working(store, family):
         again = model.chat(msgs, temperature=0, max_tokens=6)
     total = count.calls
     assert again.text == ref.text and total > 20
-    points = sorted({1, total // 40, total // 7, total // 3, total // 2, 4 * total // 5, total - 2})
+    points = sorted({1, total // 7, total // 3, 2 * total // 3, total - 2})
     for at in points:
         model.reset()  # a cold cache: the abort lands inside this turn's prefill or decode
         with NodeAbort(model, at):
