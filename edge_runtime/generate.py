@@ -22,6 +22,7 @@ from .grammar import Grammar
 from .logprobs import MAX_TOP_LOGPROBS, LogprobRecorder
 from .results import ChatResult, Piece, Timings, peak_rss_mb
 from .sampling import Sampler, SamplingOptions
+from .tools import ToolCall, ToolStream
 
 REASONING_FORMATS = ("auto", "deepseek", "none")
 
@@ -37,6 +38,8 @@ class GenerateOptions:
     grammar: Grammar | None = None  # applies to the answer (after the thought, in thinking mode)
     logprobs: bool = False
     top_logprobs: int = 0
+    tools: tuple = ()  # tool definitions: calls in the answer are parsed out (tools.py)
+    tool_format: str | None = None  # "json" | "xml"
 
     def validated(self) -> "GenerateOptions":
         if self.reasoning_format not in REASONING_FORMATS:
@@ -83,6 +86,19 @@ def generate(m, prompt: str, bitmaps: list, g: GenerateOptions, *, in_think: boo
         out = _Text(fmt.think_close if thinking else None, g.reasoning_format != "none",
                     tuple(s.stop) + tuple(x for x in fmt.stop if not m._single_token(x)))
         all_logprobs: list = []
+        tool_stream = ToolStream(g.tool_format, list(g.tools)) if g.tools else None
+        calls: list[ToolCall] = []
+        content: list[str] = []
+
+        def route(pieces, last=False):
+            """Answer text through the tool-call filter (when tools are on); the thought passes by."""
+            for piece in pieces:
+                if tool_stream is None or piece.reasoning:
+                    yield piece
+                    continue
+                yield from _tool_pieces(tool_stream.feed(piece.text), calls, content)
+            if last and tool_stream is not None:
+                yield from _tool_pieces(tool_stream.flush(), calls, content)
         pending: list = []
         forced: deque[int] = deque()
         n_think = 0  # tokens sampled inside the thought
@@ -130,7 +146,7 @@ def generate(m, prompt: str, bitmaps: list, g: GenerateOptions, *, in_think: boo
                 hit = out.add(model.piece(tok))
                 if was_thinking and not out.thinking:
                     grammar_waits = True
-                for piece in out.pieces():
+                for piece in route(out.pieces()):
                     if pending:
                         piece.logprobs, pending = pending, []
                     yield piece
@@ -147,7 +163,7 @@ def generate(m, prompt: str, bitmaps: list, g: GenerateOptions, *, in_think: boo
                         break
                     raise
             if finish != "cancelled":
-                for piece in out.flush():
+                for piece in route(out.flush(), last=True):
                     if pending:
                         piece.logprobs, pending = pending, []
                     yield piece
@@ -160,11 +176,25 @@ def generate(m, prompt: str, bitmaps: list, g: GenerateOptions, *, in_think: boo
             timings.decode_ms = (time.perf_counter() - t_first) * 1e3
         timings.peak_rss_mb = peak_rss_mb()
         reasoning, answer = out.result()
+        if tool_stream is not None:
+            answer = "".join(content).strip()
+            if calls and finish == "stop":
+                finish = "tool_calls"
         m.last_result = ChatResult(
             text=answer, reasoning=reasoning, raw=out.text, finish_reason=finish, timings=timings,
             usage={"prompt_tokens": pre.n_prompt, "completion_tokens": timings.generated_tokens,
                    "total_tokens": pre.n_prompt + timings.generated_tokens},
-            seed=seed, logprobs=all_logprobs if rec is not None else None)
+            seed=seed, logprobs=all_logprobs if rec is not None else None, tool_calls=calls)
+
+
+def _tool_pieces(items, calls: list, content: list):
+    for item in items:
+        if isinstance(item, ToolCall):
+            calls.append(item)
+            yield Piece("", tool_call=item)
+        elif item:
+            content.append(item)
+            yield Piece(item)
 
 
 def _closing_tokens(model, thought: str, close_tag: str, message: str) -> list[int]:

@@ -256,3 +256,64 @@ def _json_safe_pattern(p: str) -> str:
         out.append(c)
         i += 1
     return "".join(out)
+
+
+def schemas_to_gbnf(schemas: dict[str, dict], xml_strings: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+    """Several schemas in one grammar: (rules, {key: its rule name}) for callers that assemble their own
+    root (tool calls). `xml_strings`: the schemas are tool parameters written as Qwen3-Coder XML
+    (`<parameter=P>\\nVALUE\\n</parameter>\\n`, VALUE raw text for strings, JSON otherwise)."""
+    for key, schema in schemas.items():
+        if not isinstance(schema, dict):
+            raise InputError(f"{key}: the parameters must be a JSON schema object")
+        _check(schema, key)
+    conv = _converter()(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    roots = {}
+    try:
+        for key, schema in schemas.items():
+            resolved = conv.resolve_refs(json.loads(json.dumps(schema)), key)
+            roots[key] = _xml_params(conv, resolved, key) if xml_strings else conv.visit(resolved, key)
+    except InputError:
+        raise
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise InputError(f"tool parameters cannot be turned into a grammar: {exc or type(exc).__name__}") from None
+    for name, rule in (("char", CHAR_RULE), ("dot", DOT_RULE)):
+        if name in conv._rules:
+            conv._rules[name] = rule
+    return dict(conv._rules), roots
+
+
+def _xml_params(conv, schema: dict, key: str) -> str:
+    from llama_cpp.llama_grammar import _build_repetition
+
+    conv._rules["xml-char"] = '[^<] | "<" [^/]'  # a raw value never holds "</" (it would end the parameter)
+    props = schema.get("properties") or {}
+    if not props:  # any parameters
+        return conv._add_rule(f"{key}-any", '( "<parameter=" [A-Za-z0-9_.-]+ ">\\n" xml-char* "\\n</parameter>\\n" )*')
+    required = set(schema.get("required") or [])
+    parts = []
+    for name, sub in props.items():
+        where = f"{key}.properties.{name}"
+        if _is_text(sub):
+            if "pattern" in sub or "format" in sub:
+                raise InputError(f"{where}: pattern/format of a string parameter is not supported with XML tool "
+                                 "calls (the value is raw text)")
+            if "enum" in sub:
+                value = " | ".join(json.dumps(v) for v in sub["enum"])
+            else:
+                value = _build_repetition("xml-char", sub.get("minLength", 0), sub.get("maxLength"))
+            value = conv._add_rule(f"{key}-{name}-text", value or '""')
+        elif sub.get("type") == "boolean":  # the template writes a bool with `string`: True / False
+            value = conv._add_rule(f"{key}-{name}-bool", '"true" | "false" | "True" | "False"')
+        else:
+            value = conv.visit(sub, f"{key}-{name}")
+        head = json.dumps(f"<parameter={name}>\n")
+        one = conv._add_rule(f"{key}-{name}-param", f'{head} {value} "\\n</parameter>\\n"')
+        parts.append(one if name in required else f"{one}?")
+    return conv._add_rule(f"{key}-params", " ".join(parts))
+
+
+def _is_text(schema: dict) -> bool:
+    t = schema.get("type")
+    if t == "string":
+        return True
+    return t is None and "enum" in schema and all(isinstance(v, str) for v in schema["enum"])
