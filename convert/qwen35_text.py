@@ -209,10 +209,11 @@ def is_text_tensor(name: str) -> bool:
     return name.startswith(_LM) or name.startswith("lm_head.") or name.startswith(_MTP_PREFIXES)
 
 
-def plan_qwen35_text(ckpt: Checkpoint, hp: Qwen35HParams, outtype) -> tuple[list[PlannedTensor], set[str]]:
-    """Plan every text tensor; returns the plan and every source name consumed (MTP included)."""
+def plan_qwen35_text(ckpt: Checkpoint, hp: Qwen35HParams, outtype, moe=None) -> tuple[list[PlannedTensor], set[str]]:
+    """Plan every text tensor; returns the plan and every source name consumed (MTP included).
+    `moe`: a qwen35moe_text.MoeHParams, which plans the mixture-of-experts feed-forward (4.7 MoE)."""
     b = hp.base
-    tmap = gguf.get_tensor_name_map(ARCH, b.n_layer)
+    tmap = gguf.get_tensor_name_map(moe.arch if moe is not None else ARCH, b.n_layer)
     plan: list[PlannedTensor] = []
     used: set[str] = set()
     per_block: dict[int, set[str]] = {}
@@ -224,6 +225,10 @@ def plan_qwen35_text(ckpt: Checkpoint, hp: Qwen35HParams, outtype) -> tuple[list
         if src.startswith(_MTP_PREFIXES) or src.endswith(_IGNORED_SUFFIXES):
             continue  # multi-token prediction: llama.cpp's decoder does not use it
         local = "model." + src[len(_LM):] if src.startswith(_LM) else src
+        moe_plan = moe.plan_tensor(ckpt, src, local, b.n_embd, outtype, per_block) if moe is not None else None
+        if moe_plan is not None:
+            plan += moe_plan
+            continue
         lookup = local[: -len(".dt_bias")] + ".dt_proj.bias" if local.endswith(".dt_bias") else local
         name = tmap.get_name(lookup, try_suffixes=(".weight", ".bias"))
         if name is None:
@@ -262,7 +267,10 @@ def plan_qwen35_text(ckpt: Checkpoint, hp: Qwen35HParams, outtype) -> tuple[list
         raise CheckpointError("lm_head.weight is missing and tie_word_embeddings is false", ckpt.dir)
     for i in range(b.n_layer):
         kind = "linear" if hp.is_linear(i) else "full"
-        missing = sorted(set(_REQUIRED[kind]) - per_block.get(i, set()))
+        required = set(_REQUIRED[kind])
+        if moe is not None:
+            required = (required - {"ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"}) | set(moe.required)
+        missing = sorted(required - per_block.get(i, set()))
         if missing:
             raise CheckpointError(
                 f"text block {i} ({hp.layer_types[i]}) lacks {missing[:4]} (layer_types in config.json "
@@ -292,6 +300,6 @@ def add_qwen35_hparams(w: GGUFWriter, hp: Qwen35HParams) -> None:
     w.add_ssm_group_count(hp.n_k_heads)
     w.add_ssm_time_step_rank(hp.n_v_heads)
     w.add_ssm_inner_size(hp.head_v_dim * hp.n_v_heads)
-    w.add_array(schema.LLM_RECURRENT_LAYERS.format(arch=ARCH_NAME), [t == "linear_attention" for t in hp.layer_types])
+    w.add_array(schema.LLM_RECURRENT_LAYERS.format(arch=w.arch), [t == "linear_attention" for t in hp.layer_types])
     w.add_full_attention_interval(hp.full_attention_interval)
     w.add_rope_dimension_count(hp.rope_dim)

@@ -99,12 +99,25 @@ def test_47_with_marker_ids_that_name_other_tokens_is_refused(store, tmp_path):
     assert _no_gguf(tmp_path / "out")
 
 
-def test_47_moe_text_is_refused_clearly(store, tmp_path):
+def test_47_unknown_text_model_is_refused_clearly(store, tmp_path):
     ckpt = _copy(store, "minicpmv-4.7", tmp_path)
     cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["text_config"]["model_type"] = "qwen3_5_moe_text"
+    cfg["text_config"]["model_type"] = "qwen3_text"
     (ckpt / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UnsupportedModelError, match="qwen3_5_moe_text"):
+    with pytest.raises(UnsupportedModelError, match="qwen3_text.* not a Qwen3.5 text model"):
+        convert(ckpt, tmp_path / "out")
+    assert _no_gguf(tmp_path / "out")
+
+
+def test_47_moe_missing_expert_is_refused(store, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = _copy(store, "minicpmv-4.7-moe", tmp_path)
+    f = next(ckpt.glob("*.safetensors"))
+    sd = load_file(str(f))
+    del sd["model.language_model.layers.1.mlp.experts.3.up_proj.weight"]
+    save_file(sd, str(f), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="experts.3.up_proj.weight' is missing"):
         convert(ckpt, tmp_path / "out")
     assert _no_gguf(tmp_path / "out")
 
@@ -146,3 +159,37 @@ def test_inspect_describes_both(store):
     tocr = json.dumps(json.loads(rocr.stdout))
     assert '"minicpmv_edge.image.positions": "canvas"' in t47 and "minicpmv-4.7" in t47
     assert '"minicpmv_edge.image.small_image_upsize": "always"' in tocr and '"4x"' in tocr
+
+
+def test_47_moe_text_logits_match_transformers(store):
+    """4.7's Qwen3.5 MoE text variant -> llama.cpp qwen35moe: expert stacking, router, gated shared
+    expert; next-token logits vs transformers' forward on text prompts."""
+    import numpy as np
+
+    from minicpmv_edge.edge_runtime.engine import Context, Model
+    from tests.reference.merger_e2e import MergerReference
+
+    res = store.converted("minicpmv-4.7-moe")
+    kv = _kv(res.text_path)
+    assert kv["general.architecture"] == "qwen35moe" and kv["qwen35moe.expert_count"] == 4
+    assert kv["qwen35moe.expert_used_count"] == 2 and kv["qwen35moe.expert_shared_feed_forward_length"] == 96
+    ref = MergerReference(res.manifest.source)
+    model = Model(str(res.text_path))
+    ctx = Context(model, n_ctx=256, n_batch=64, n_threads=2)
+    rng = np.random.default_rng(0)
+    prompts = [model.tokenize(t) for t in ("Hello, world!", "def f(x):\n    return x * 2", "图片里有什么？")]
+    prompts += [rng.integers(0, 600, size=n).tolist() for n in (5, 13, 29)]
+    for toks in prompts:
+        ctx.clear()
+        ctx.decode(toks)
+        got = ctx.logits()
+        import torch
+
+        with torch.no_grad():
+            ids = torch.tensor([toks])
+            want = ref.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float().numpy()
+        span = float(want.max() - want.min())
+        assert float(np.abs(got - want).max()) <= 0.01 * span, toks[:6]
+        assert int(got.argmax()) == int(want.argmax())
+    ctx.close()
+    model.close()

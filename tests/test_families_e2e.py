@@ -1,6 +1,6 @@
 """End to end: prompts with images through our runtime vs transformers' forward with its own processor.
 
-For MiniCPM-V 4.6, MiniCPM-V 4.7 and MiniCPM-OCR 1.0 (tiny checkpoints built with their own
+For MiniCPM-V 4.6, MiniCPM-V 4.7 (dense and MoE text) and MiniCPM-OCR 1.0 (tiny checkpoints built with their own
 transformers classes, converted by us, F16): the runtime builds the prompt, cuts and encodes the
 images and feeds llama.cpp with its positions; transformers' processor expands the same prompt and
 its model runs the forward. Checked per case:
@@ -26,7 +26,7 @@ from minicpmv_edge.edge_runtime.processor_images import layout
 from tests.reference.merger_e2e import MergerReference, processor_text
 from tests.runtime_helpers import noise_image
 
-FAMILIES = ["minicpmv-4.6", "minicpmv-4.7", "minicpm-ocr-1.0"]
+FAMILIES = ["minicpmv-4.6", "minicpmv-4.7", "minicpmv-4.7-moe", "minicpm-ocr-1.0"]
 
 
 def _photo(w: int, h: int, seed: int) -> np.ndarray:
@@ -69,7 +69,7 @@ def _check_ids_and_positions(family, m, ref, inputs):
     mism = [i for i, (a, b) in enumerate(zip(got, want)) if a != b and b not in pad]
     assert not mism, f"{family}: token {mism[0]} is {got[mism[0]]}, the processor has {want[mism[0]]}"
     assert sum(b in pad for b in want) == sum(1 for a, b in zip(got, want) if b in pad)
-    if family == "minicpmv-4.7":
+    if family.startswith("minicpmv-4.7"):
         kw = {k: inputs[k] for k in ("target_sizes", "target_sizes_videos") if k in inputs}
         pos, _ = ref.model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
                                                 **kw)

@@ -50,12 +50,16 @@ class MiniCPMV46(Family):
             tokens_per_slice=(scale // patch) ** 2 // TOKEN_DIVISOR[vhp.downsample_mode],
         )
 
+    def text_hparams(self, text_cfg: dict, src: Path):
+        """(Qwen35HParams, MoE hparams or None); 4.7 overrides it for its MoE text variant."""
+        return Qwen35HParams.from_config(text_cfg, src / "config.json"), None
+
     def plan(self, src: Path, ckpt: Checkpoint, config: dict, outtype) -> ConversionPlan:
         text_cfg = config.get("text_config")
         if not isinstance(text_cfg, dict):
             raise CheckpointError("config.json has no text_config object", src / "config.json")
-        hp = Qwen35HParams.from_config(text_cfg, src / "config.json")
-        text, used_t = plan_qwen35_text(ckpt, hp, outtype)
+        hp, moe = self.text_hparams(text_cfg, src)
+        text, used_t = plan_qwen35_text(ckpt, hp, outtype, moe)
         rows = next(t.shape[0] for t in text if t.name == "token_embd.weight")
         vocab = read_vocab(src, rows)
         preproc = read_preprocessor(src)
@@ -64,10 +68,12 @@ class MiniCPMV46(Family):
 
         def text_meta(w):
             add_qwen35_hparams(w, hp)
+            if moe is not None:
+                moe.write(w)
             add_vocab(w, src, vocab)
 
         def mm_meta(w):
             add_merger_mmproj_metadata(w, vhp)
 
-        return ConversionPlan(ARCH_NAME, text, text_meta, mm, mm_meta, schema.PROJECTOR_MINICPMV4_6, 0,
+        return ConversionPlan(ARCH_NAME if moe is None else moe.arch_name, text, text_meta, mm, mm_meta, schema.PROJECTOR_MINICPMV4_6, 0,
                               self.facts(preproc, vhp), used_t | used_v)

@@ -18,6 +18,8 @@ from gguf import GGUFWriter
 from minicpmv_edge import schema
 from minicpmv_edge.errors import CheckpointError, UnsupportedModelError
 
+from ..qwen35_text import Qwen35HParams
+from ..qwen35moe_text import MoeHParams
 from ..tokenizer import read_vocab
 from .minicpmv_4_6 import MiniCPMV46
 
@@ -57,13 +59,21 @@ class MiniCPMV47(MiniCPMV46):
         return ("MiniCPMV4_7ForConditionalGeneration" in (config.get("architectures") or [])
                 or config.get("model_type") == "minicpmv4_7")
 
+    def text_hparams(self, text_cfg: dict, src: Path):
+        kind = text_cfg.get("model_type", "qwen3_5_text")
+        if kind == "qwen3_5_text":
+            return super().text_hparams(text_cfg, src)
+        if kind != "qwen3_5_moe_text":
+            raise UnsupportedModelError(f"text_config.model_type {kind!r} is not a Qwen3.5 text model",
+                                        src / "config.json")
+        moe = MoeHParams.from_config(text_cfg, src / "config.json")
+        # the MoE config has no dense intermediate_size; llama.cpp reads the expert lengths and uses
+        # feed_forward_length only as their fallback, so the expert length stands in for it
+        dense = dict(text_cfg, intermediate_size=text_cfg.get("intermediate_size", moe.n_ff_exp))
+        return Qwen35HParams.from_config(dense, src / "config.json"), moe
+
     def plan(self, src, ckpt, config: dict, outtype):
         ids = canvas_ids(config, src)
-        text_cfg = config.get("text_config") or {}
-        if text_cfg.get("model_type", "qwen3_5_text") != "qwen3_5_text":
-            raise UnsupportedModelError(
-                f"text_config.model_type {text_cfg.get('model_type')!r}: only the dense Qwen3.5 text model "
-                "(qwen3_5_text) converts; llama.cpp 0c1e570's qwen35moe loader is not wired here", src / "config.json")
         plan = super().plan(src, ckpt, config, outtype)
         base_meta = plan.add_text_metadata
 
