@@ -26,7 +26,7 @@ from minicpmv_edge.edge_runtime.processor_images import layout
 from tests.reference.merger_e2e import MergerReference, processor_text
 from tests.runtime_helpers import noise_image
 
-FAMILIES = ["minicpmv-4.6", "minicpmv-4.7", "minicpmv-4.7-moe", "minicpm-ocr-1.0"]
+FAMILIES = ["minicpmv-4.6", "minicpmv-4.7", "minicpm-ocr-1.0"]
 
 
 def _photo(w: int, h: int, seed: int) -> np.ndarray:
@@ -91,6 +91,22 @@ def test_images_match_transformers(loaded, case):
     inputs = ref.inputs(processor_text(prompt, m.vision.marker), images=[Image.fromarray(x) for x in images])
     _check_ids_and_positions(family, m, ref, inputs)
     _check_logits(family, got, ref.next_token_logits(inputs), case)
+
+
+def test_moe_text_variant_with_a_sliced_image(store):
+    """4.7's MoE text model (llama.cpp qwen35moe) under the same canvas pipeline; its vision side is
+    4.7's, covered above."""
+    res = store.converted("minicpmv-4.7-moe")
+    ref = MergerReference(res.manifest.source)
+    m = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=4096, n_threads=2)
+    try:
+        images, question = CASES["sliced-nonsquare"]()
+        prompt, got = _ours(m, [Image.fromarray(x) for x in images] + [question])
+        inputs = ref.inputs(processor_text(prompt, m.vision.marker), images=[Image.fromarray(x) for x in images])
+        _check_ids_and_positions("minicpmv-4.7-moe", m, ref, inputs)
+        _check_logits("minicpmv-4.7-moe", got, ref.next_token_logits(inputs), "sliced-nonsquare")
+    finally:
+        m.close()
 
 
 def test_crop_embeddings_match_transformers(loaded):
