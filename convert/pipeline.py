@@ -22,6 +22,7 @@ from minicpmv_edge.errors import CheckpointError, InputError, OutputError
 from minicpmv_edge.manifest import Manifest
 
 from . import families
+from .checkpoint_check import check_config, check_tokenizer_json
 from .dtypes import FILE_TYPE, parse_outtype
 from .safetensors_reader import Checkpoint
 from .writer import PlannedTensor, write_gguf
@@ -64,6 +65,8 @@ def convert(
         raise InputError("checkpoint directory does not exist", src)
     qtype = parse_outtype(outtype)
     config = families.read_config(src)
+    check_config(config, src / "config.json")  # types and ranges, before any family module reads a value
+    check_tokenizer_json(src)
     fam = families.by_name(family) if family else families.detect(config, src)
     if imatrix is not None and not quant:
         raise InputError("--imatrix needs --quant TYPE (it guides llama.cpp's quantizer)")

@@ -54,9 +54,39 @@ class TensorRef:
     end: int
 
 
+def _entry(name: str, info, path: Path) -> tuple[int, int, tuple[int, ...], str]:
+    """One header entry -> (start, end, shape, dtype), each field type- and range-checked."""
+    if not isinstance(info, dict):
+        raise CheckpointError(f"tensor {name!r}: header entry is a {type(info).__name__}, expected an object", path)
+    dtype = info.get("dtype")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise CheckpointError(f"tensor {name!r} has unsupported dtype {dtype!r:.40}", path)
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointError(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r:.80}",
+                              path)
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise CheckpointError(f"tensor {name!r}: data_offsets must be [begin, end] with non-negative integers, "
+                              f"got {offsets!r:.80}", path)
+    start, end = offsets
+    n = 1
+    for d in shape:
+        n *= d
+    if end < start or end - start != n * _DTYPES[dtype][1]:
+        raise CheckpointError(f"tensor {name!r}: byte range {start}..{end} does not match shape {shape} "
+                              f"of {dtype}", path)
+    return start, end, tuple(shape), dtype
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 62
+
+
 class _Shard:
     def __init__(self, path: Path):
         self.path = path
+        if path.exists() and not path.is_file():  # a FIFO would block open(), a device never ends
+            raise CheckpointError("is not a regular file", path)
         try:
             self._fh = open(path, "rb")
         except FileNotFoundError:
@@ -72,26 +102,31 @@ class _Shard:
             raise CheckpointError("not a safetensors file or truncated (header length out of range)", path)
         try:
             header = json.loads(self._fh.read(hlen))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise CheckpointError("corrupt safetensors header (not JSON)", path) from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"corrupt safetensors header: a JSON {type(header).__name__}, expected an object",
+                                  path)
         base = 8 + hlen
         self.refs: dict[str, TensorRef] = {}
         for name, info in header.items():
             if name == "__metadata__":
+                if not isinstance(info, dict):
+                    raise CheckpointError("corrupt safetensors header: __metadata__ is not an object", path)
                 continue
-            dtype = info.get("dtype")
-            if dtype not in _DTYPES:
-                raise CheckpointError(f"tensor {name!r} has unsupported dtype {dtype!r}", path)
-            shape = tuple(int(d) for d in info["shape"])
-            start, end = (base + int(o) for o in info["data_offsets"])
-            n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-            if end - start != n * _DTYPES[dtype][1]:
-                raise CheckpointError(f"tensor {name!r}: byte range does not match shape {list(shape)}", path)
+            start, end, shape, dtype = _entry(name, info, path)
+            start, end = base + start, base + end
             if end > size:
                 raise CheckpointError(
                     f"truncated: tensor {name!r} ends at byte {end} but the file has {size} bytes", path
                 )
             self.refs[name] = TensorRef(name, shape, dtype, path, start, end)
+        # tensors must not share bytes: the safetensors format forbids it, and a converter reading
+        # overlapping ranges would write one tensor's bytes as another's without noticing
+        spans = sorted((r.start, r.end, r.name) for r in self.refs.values() if r.end > r.start)
+        for (_, e0, n0), (s1, _, n1) in zip(spans, spans[1:]):
+            if s1 < e0:
+                raise CheckpointError(f"tensors {n0!r} and {n1!r} overlap in the file", path)
         self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
 
     def view(self, ref: TensorRef) -> np.ndarray:
@@ -105,6 +140,29 @@ class _Shard:
         self._fh.close()
 
 
+def _read_index(index: Path) -> dict[str, str]:
+    """model.safetensors.index.json's weight_map, checked: names and file names are strings,
+    and every file is a plain name inside the checkpoint folder (no paths out of it)."""
+    try:
+        data = json.loads(index.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError("corrupt index: not UTF-8 text", index) from None
+    except (json.JSONDecodeError, RecursionError):
+        raise CheckpointError("corrupt index: not JSON", index) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read ({exc.strerror})", index) from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError("corrupt index: expected a JSON object with a non-empty 'weight_map' object", index)
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or not file:
+            raise CheckpointError(f"corrupt index: weight_map[{name!r}] must be a file name, got {file!r:.80}", index)
+        if Path(file).name != file or file in (".", ".."):
+            raise CheckpointError(f"corrupt index: weight_map[{name!r}] = {file!r} is not a file in this folder",
+                                  index)
+    return weight_map
+
+
 class Checkpoint:
     """All tensors of a checkpoint directory, by name, across shards."""
 
@@ -114,10 +172,7 @@ class Checkpoint:
         self._shards: dict[Path, _Shard] = {}
         self.refs: dict[str, TensorRef] = {}
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise CheckpointError("corrupt index: expected JSON with a 'weight_map' object", index) from None
+            weight_map = _read_index(index)
             files = sorted(set(weight_map.values()))
             for f in files:
                 self._open(self.dir / f)

@@ -31,6 +31,7 @@ from .prompt import PromptFormat
 from .generate import GenerateOptions, generate
 from .grammar import resolve as resolve_grammar
 from .results import ChatResult, Piece, Timings  # noqa: F401  (public names of this module)
+from .load_checks import resolve_n_ctx
 from .sampling import model_defaults
 from .session import Counters, EmbeddingCache, Session
 
@@ -56,10 +57,10 @@ class MiniCPMV:
     def __init__(self, model: str | Path, mmproj: str | Path | None = None, options: LoadOptions | None = None,
                  **overrides):
         t0 = time.perf_counter()
-        self.options = opts = _merge(options or LoadOptions(), overrides)
-        if opts.n_ctx < 64:
-            raise InputError("n_ctx must be at least 64")
+        opts = _merge(options or LoadOptions(), overrides)
         info, mm_info = check_pair(model, mmproj) if mmproj else (read_info(model), None)
+        # ranges, GPU availability, the KV cache against free memory; -c 0 = the training context
+        self.options = opts = replace(opts, n_ctx=resolve_n_ctx(opts, info))
         self.format = PromptFormat.from_gguf(info)
         self.limits = MediaLimits(max_pixels=opts.image_max_pixels)
         threads = opts.n_threads or engine.physical_cores()

@@ -69,6 +69,17 @@ def init_backend() -> None:
         _backend_ready = True
 
 
+def set_fields(struct, **values) -> None:
+    """Set fields of a llama.cpp params struct, refusing names it does not have: a ctypes Structure
+    accepts any attribute, so a field that an upgrade renamed (use_mmap -> load_mode) would
+    otherwise be set on the Python object and silently never reach llama.cpp."""
+    known = {name for name, *_ in type(struct)._fields_}
+    for name, value in values.items():
+        if name not in known:
+            raise AttributeError(f"{type(struct).__name__} has no field {name!r} in this llama.cpp")
+        setattr(struct, name, value)
+
+
 def physical_cores() -> int:
     """Default thread count: physical cores (hyper-threads slow llama.cpp's decode)."""
     try:
@@ -110,10 +121,11 @@ class Model:
         init_backend()
         L = _llama()
         params = L.llama_model_default_params()
-        params.n_gpu_layers = int(n_gpu_layers)
-        params.use_mmap = bool(use_mmap)
-        params.vocab_only = bool(vocab_only)
-        params.use_extra_bufts = (not cpu_has_amx()) if extra_buffers is None else bool(extra_buffers)
+        # llama.cpp 0c1e570 has no use_mmap field: load_mode says how weights are read (llama.h:206-213);
+        # AUTO mmaps where the device allows it, NONE reads them into memory
+        set_fields(params, n_gpu_layers=int(n_gpu_layers), vocab_only=bool(vocab_only),
+                   load_mode=L.LLAMA_LOAD_MODE_AUTO if use_mmap else L.LLAMA_LOAD_MODE_NONE,
+                   use_extra_bufts=(not cpu_has_amx()) if extra_buffers is None else bool(extra_buffers))
         self.params = params  # what llama.cpp was given (tests and --verbose read it)
         self._L = L
         self.path = str(path)
@@ -186,19 +198,14 @@ class Context:
         self._L = L
         self.model = model
         params = L.llama_context_default_params()
-        params.n_ctx = int(n_ctx)
-        params.n_batch = int(n_batch)
-        params.n_ubatch = int(n_batch)
         threads = n_threads or physical_cores()
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        params.no_perf = False
+        set_fields(params, n_ctx=int(n_ctx), n_batch=int(n_batch), n_ubatch=int(n_batch), n_threads=threads,
+                   n_threads_batch=threads, no_perf=False)
         self.can_snapshot = not model.can_truncate
         if self.can_snapshot:
             # kv_unified: both sequences in one KV stream, so a snapshot shares cells instead of
             # copying them, and n_ctx is not split between the sequences
-            params.n_seq_max = 2
-            params.kv_unified = True
+            set_fields(params, n_seq_max=2, kv_unified=True)
         self._snapshot_n_past: int | None = None
         self.n_snapshots = 0  # snapshot() calls (cheap sequence copies)
         self.n_restores = 0  # restore() calls
@@ -420,12 +427,10 @@ class Vision:
         M = _mtmd()
         self._M = M
         params = M.mtmd_context_params_default()
-        params.use_gpu = bool(use_gpu)
-        params.n_threads = int(n_threads or physical_cores())
-        params.print_timings = False
-        params.warmup = bool(warmup)
+        set_fields(params, use_gpu=bool(use_gpu), n_threads=int(n_threads or physical_cores()), print_timings=False,
+                   warmup=bool(warmup))
         if image_max_tokens > 0:
-            params.image_max_tokens = int(image_max_tokens)
+            set_fields(params, image_max_tokens=int(image_max_tokens))
         self.params = params
         self.marker = M.mtmd_default_marker().decode()
         self.model = model

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ MIN_SIDE = limits.IMAGE_MIN_SIDE
 class MediaLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_aspect: float = MAX_ASPECT
+    max_file_bytes: int = limits.IMAGE_MAX_FILE_BYTES
 
 
 @dataclass
@@ -82,11 +85,12 @@ def load_image(src, limits: MediaLimits = MediaLimits(), name: str | None = None
     PILImage.MAX_IMAGE_PIXELS = limits.max_pixels
     try:
         if isinstance(src, (bytes, bytearray, memoryview)):
+            if len(src) > limits.max_file_bytes:
+                raise MediaError(f"image data is {len(src)} bytes, over the limit of {limits.max_file_bytes}", label)
             fh = io.BytesIO(bytes(src))
         else:
             path = Path(src)
-            if not path.is_file():
-                raise MediaError("image file does not exist", path)
+            _check_file(path, limits.max_file_bytes, "image", label)
             fh = open(path, "rb")
         with fh:
             with PILImage.open(fh) as im:
@@ -100,11 +104,43 @@ def load_image(src, limits: MediaLimits = MediaLimits(), name: str | None = None
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         raise MediaError(f"image is over the pixel limit of {limits.max_pixels} (decompression bomb?)", label) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise MediaError(f"not a readable image ({type(exc).__name__}: {str(exc)[:80]})", label) from None
+    except UnidentifiedImageError:
+        raise MediaError("not a readable image (not a format Pillow reads: PNG, JPEG, GIF, BMP, WebP, TIFF, ...)", label) \
+            from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _clean(exc)  # no server paths
+        raise MediaError(f"not a readable image ({type(exc).__name__}: {why})", label) from None
     finally:
         PILImage.MAX_IMAGE_PIXELS = old
     return _checked(rgb, limits, label)
+
+
+def _clean(exc: BaseException) -> str:
+    """An exception's text without Python reprs such as <_io.BytesIO object at 0x7f...>."""
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "the data", str(exc))
+    return text[:80]
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _check_file(path: Path, max_bytes: int, what: str, label: str | None = None) -> None:
+    """A regular file we may read whole: not missing, not a folder, device or FIFO, not huge.
+    Errors name `label` (what the caller gave, e.g. a server client's URL) instead of our path."""
+    shown = label or path
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MediaError(f"{what} file does not exist", shown) from None
+    except OSError as exc:
+        raise MediaError(f"cannot open the {what} file ({exc.strerror})", shown) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise MediaError(f"is a directory, not {_a(what)} file", shown)
+    if not stat.S_ISREG(st.st_mode):
+        raise MediaError(f"is not a regular file (a device, FIFO or socket), not {_a(what)} file", shown)
+    if st.st_size > max_bytes:
+        raise MediaError(f"{what} file is {st.st_size} bytes, over the limit of {max_bytes}", shown)
 
 
 def _checked(rgb: np.ndarray, limits: MediaLimits, label: str) -> Image:
@@ -126,8 +162,7 @@ def video_frames(path, fps: float = 1.0, max_frames: int = 16, limits: MediaLimi
 
     av = need("av", "video", "video input")
     path = Path(path)
-    if not path.is_file():
-        raise MediaError("video file does not exist", path)
+    _check_file(path, 1 << 40, "video")
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -80,6 +81,24 @@ def normalize(messages, limits: MediaLimits, resolve_url: Callable[[str], Any] |
     return turns
 
 
+def _is_rgb_array(x) -> bool:
+    import numpy as np
+
+    return isinstance(x, np.ndarray)
+
+
+def _number(item: dict, key: str, default, n: int, kind: type, lo, hi):
+    """A numeric field of a content part, type- and range-checked (fps 0 < x <= 240, max_frames 1..1024)."""
+    v = item.get(key, default)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and kind is int:
+        ok = float(v).is_integer()
+    if not ok or not (lo < v <= hi if kind is float else lo <= v <= hi):
+        want = f"a number in ({lo:g}, {hi:g}]" if kind is float else f"an integer in {lo}..{hi}"
+        raise InputError(f"message {n}: video {key} must be {want}, got {v!r:.40}")
+    return kind(v)
+
+
 def _part(item, n, limits, resolve_url, video_defaults):
     if isinstance(item, str):
         return item
@@ -103,11 +122,18 @@ def _part(item, n, limits, resolve_url, video_defaults):
                 return load_image(src, limits)
             if src is None:
                 raise InputError(f"message {n}: image part has no url")
+            if not (isinstance(src, (bytes, bytearray, Path)) or _is_pil(src) or _is_rgb_array(src)):
+                raise InputError(f"message {n}: an image must be a path, URL, data URL, bytes, a PIL image or an "
+                                 f"HxWx3 uint8 array, got {type(src).__name__}")
             return load_image(src, limits)
         if kind == "video":
-            src = item.get("video") or (item.get("video_url") or {}).get("url")
-            fps = float(item.get("fps", video_defaults[0]))
-            cap = int(item.get("max_frames", video_defaults[1]))
+            video_url = item.get("video_url")
+            src = item.get("video") or (video_url.get("url") if isinstance(video_url, dict) else video_url)
+            if not isinstance(src, (str, Path)) or not str(src):
+                raise InputError(f"message {n}: a video part needs a file path in 'video', got "
+                                 f"{'nothing' if src is None else type(src).__name__}")
+            fps = _number(item, "fps", video_defaults[0], n, float, 0.0, 240.0)
+            cap = _number(item, "max_frames", video_defaults[1], n, int, 1, 1024)
             return Video(video_frames(src, fps=fps, max_frames=cap, limits=limits))
         raise InputError(f"message {n}: unknown content part type {kind!r}")
     raise InputError(f"message {n}: unsupported content item of type {type(item).__name__}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import schema
+from . import gguf_layout, schema
 from .errors import GGUFError, MismatchError
 
 GGUF_MAGIC = b"GGUF"
@@ -30,6 +30,7 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]  # ggml order (ne0 first)
     ggml_type: int
+    offset: int = 0  # within the data section
 
 
 @dataclass
@@ -83,16 +84,22 @@ def _value(f: BinaryIO, vtype: int, keep: bool = True) -> Any:
 def read_info(path: str | os.PathLike[str], tensors: bool = True) -> GGUFInfo:
     """Read a GGUF header. Raises GGUFError naming the file on anything malformed."""
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block open(), /dev/zero never ends
+        raise GGUFError("is not a regular file (a device, FIFO or socket), expected a .gguf file", path)
     try:
         with open(path, "rb") as f:
             if f.read(4) != GGUF_MAGIC:
                 raise GGUFError("not a GGUF file (bad magic)", path)
             info = GGUFInfo(path, _read(f, "<I"))
+            if info.version not in gguf_layout.SUPPORTED_VERSIONS:
+                gguf_layout.check_header(info, None, path)
             n_tensors, n_kv = _read(f, "<Q"), _read(f, "<Q")
             if n_tensors > 1 << 24 or n_kv > 1 << 24:
                 raise GGUFError("corrupt GGUF header (counts out of range)", path)
             for _ in range(n_kv):
                 key, vtype = _str(f), _read(f, "<I")
+                if not key or key in info.kv_types:
+                    raise GGUFError(f"empty or duplicate metadata key {key!r}", path)
                 info.kv_types[key] = vtype
                 if vtype == _ARRAY:
                     sub, n = _read(f, "<I"), _read(f, "<Q")
@@ -107,19 +114,28 @@ def read_info(path: str | os.PathLike[str], tensors: bool = True) -> GGUFInfo:
                         info.kv[key] = [_value(f, sub) for _ in range(n)]
                 else:
                     info.kv[key] = _value(f, vtype)
+            alignment = gguf_layout.check_header(info, info.kv_types.get("general.alignment"), path)
             if tensors:
                 for _ in range(n_tensors):
                     name = _str(f)
                     nd = _read(f, "<I")
+                    if nd > gguf_layout.MAX_DIMS:
+                        raise GGUFError(f"tensor {name[:80]!r} has {nd} dimensions; llama.cpp allows "
+                                        f"{gguf_layout.MAX_DIMS}", path)
                     shape = tuple(_read(f, "<Q") for _ in range(nd))
                     ttype = _read(f, "<I")
-                    _read(f, "<Q")
-                    info.tensors.append(TensorInfo(name, shape, ttype))
+                    info.tensors.append(TensorInfo(name, shape, ttype, _read(f, "<Q")))
+                data_start = -(-f.tell() // alignment) * alignment if n_tensors else f.tell()
+                gguf_layout.check_tensors(info.tensors, data_start, alignment, os.fstat(f.fileno()).st_size, path)
             return info
     except FileNotFoundError:
         raise GGUFError("file does not exist", path) from None
     except IsADirectoryError:
         raise GGUFError("is a directory, expected a .gguf file", path) from None
+    except PermissionError:
+        raise GGUFError("cannot read the file (permission denied)", path) from None
+    except OSError as exc:
+        raise GGUFError(f"cannot read the file ({exc.strerror or exc})", path) from None
     except (EOFError, ValueError, struct.error, OverflowError):
         raise GGUFError("truncated or corrupt GGUF header", path) from None
 

@@ -253,18 +253,16 @@ def _run(inp: Path, tmp: Path, ftype: int, imatrix: Imatrix | None, ott, tet, al
     """One llama_model_quantize call; returns None on success, llama.cpp's error text otherwise."""
     import llama_cpp as L
 
-    from minicpmv_edge.edge_runtime.engine import init_backend
+    from minicpmv_edge.edge_runtime.engine import init_backend, set_fields
 
     init_backend()  # routes llama.cpp's log into `logging` (edge_runtime.engine)
     p = L.llama_model_quantize_default_params()
-    p.nthread = int(nthread)
-    p.ftype = int(ftype)
-    p.allow_requantize = bool(allow_requantize)
-    p.only_copy = bool(only_copy)
+    set_fields(p, nthread=int(nthread), ftype=int(ftype), allow_requantize=bool(allow_requantize),
+               only_copy=bool(only_copy))
     if ott is not None:
-        p.output_tensor_type = ott
+        set_fields(p, output_tensor_type=ott)
     if tet is not None:
-        p.token_embedding_type = tet
+        set_fields(p, token_embedding_type=tet)
     keep_alive: list = []
     if imatrix is not None:
         arrs = [(k.encode(), np.ascontiguousarray(v, dtype=np.float32)) for k, v in imatrix.data.items()]
@@ -274,7 +272,7 @@ def _run(inp: Path, tmp: Path, ftype: int, imatrix: Imatrix | None, ott, tet, al
             entries[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
             entries[i].size = v.size
         keep_alive += [arrs, entries]  # terminator: the last entry stays zeroed (name == NULL)
-        p.imatrix = ctypes.cast(entries, ctypes.POINTER(L.llama_model_imatrix_data))
+        set_fields(p, imatrix=ctypes.cast(entries, ctypes.POINTER(L.llama_model_imatrix_data)))
         kvs = [("quantize.imatrix.file", imatrix.path[:127])]
         if imatrix.datasets:
             kvs.append(("quantize.imatrix.dataset", imatrix.datasets[0][:127]))
@@ -291,7 +289,7 @@ def _run(inp: Path, tmp: Path, ftype: int, imatrix: Imatrix | None, ott, tet, al
                 ov[i].tag = L.LLAMA_KV_OVERRIDE_TYPE_INT
                 ov[i].value.val_i64 = int(v)
         keep_alive.append(ov)
-        p.kv_overrides = ctypes.cast(ov, ctypes.POINTER(L.llama_model_kv_override))
+        set_fields(p, kv_overrides=ctypes.cast(ov, ctypes.POINTER(L.llama_model_kv_override)))
     if keep_types:
         tt = (L.llama_model_tensor_override * (len(keep_types) + 1))()
         pats = [f"^{re.escape(n)}$".encode() for n in keep_types]
@@ -300,7 +298,7 @@ def _run(inp: Path, tmp: Path, ftype: int, imatrix: Imatrix | None, ott, tet, al
             tt[i].type = int(ty)
         tt[len(keep_types)].type = 43  # GGML_TYPE_COUNT (ggml.h:433) sentinel beside the NULL pattern (quantize.cpp:551)
         keep_alive += [pats, tt]
-        p.tt_overrides = ctypes.cast(tt, ctypes.POINTER(L.llama_model_tensor_override))
+        set_fields(p, tt_overrides=ctypes.cast(tt, ctypes.POINTER(L.llama_model_tensor_override)))
     engine_log = logging.getLogger("minicpmv_edge.edge_runtime.engine")
     cap = _Capture()
     engine_log.addHandler(cap)

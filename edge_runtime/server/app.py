@@ -32,6 +32,7 @@ from . import request as R
 from . import schemas as S
 from .middleware import ApiKey, BodyLimit, RequestLog
 from .sources import MediaPolicy
+from .validation import describe
 from .worker import Job, QueueFull, Worker
 
 log = logging.getLogger("minicpmv_edge.edge_runtime.server")
@@ -353,8 +354,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         if unknown:
             return ApiError(400, f"{where}: this field is not supported by minicpmv-edge (see docs/api-fields.md)",
                             param=where, code="unsupported_field").response()
-        more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
-        msg = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request"))
+        # locations as the client wrote them (no pydantic union tags such as content.str)
+        where, problem, n = describe(errs, getattr(exc, "body", None))
+        more = f" (and {n - 1} more problems)" if n > 1 else ""
+        msg = f"{where}: {problem}" if where else problem
         return ApiError(400, msg + more, param=where or None, code="invalid_value").response()
 
     @app.exception_handler(StarletteHTTPException)

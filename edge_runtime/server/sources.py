@@ -26,7 +26,12 @@ class MediaPolicy:
 
     def resolve(self, url: str):
         """An image_url that is not a data: URI -> bytes or a Path for media.load_image."""
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if "\x00" in url:
+            raise InputError("image_url contains a NUL character")
+        try:
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+        except ValueError as exc:  # e.g. http://[::1/x.png: "Invalid IPv6 URL"
+            raise InputError(f"image_url is not a valid URL ({exc})") from None
         if scheme in ("http", "https"):
             if not self.allow_remote:
                 raise InputError("remote image URLs are disabled on this server (start it with --allow-remote-media)")
@@ -39,9 +44,14 @@ class MediaPolicy:
         if self.media_dir is None:
             raise InputError("local image paths are disabled on this server (start it with --media-dir)")
         raw = urllib.parse.unquote(urllib.parse.urlsplit(url).path) if url.lower().startswith("file:") else url
+        if "\x00" in raw:
+            raise InputError("image path contains a NUL character")
         root = self.media_dir.resolve()
         p = Path(raw)
-        path = (p if p.is_absolute() else root / p).resolve()
+        try:  # inside --media-dir first: whether a file outside it exists is none of the client's business
+            path = (p if p.is_absolute() else root / p).resolve()
+        except (RuntimeError, OSError, ValueError):  # a symlink loop, a name too long, ...
+            raise InputError("image path cannot be resolved (a symlink loop?)") from None
         if not path.is_relative_to(root):
             raise InputError("image path is outside the server's --media-dir")
         return path

@@ -81,6 +81,38 @@ def _check(args) -> None:
         raise InputError("--media-dir is not a directory", args.media_dir)
 
 
+def _precheck_model(args, text: Path, mmproj: Path | None) -> None:
+    from minicpmv_edge.edge_runtime.load_checks import resolve_n_ctx
+    from minicpmv_edge.gguf_info import check_pair, read_info
+
+    from ._common import load_options
+
+    info = check_pair(text, mmproj)[0] if mmproj else read_info(text)
+    resolve_n_ctx(load_options(args), info)
+
+
+def _listen(host: str, port: int):
+    """The listening socket, bound before anything is announced (uvicorn would report a busy
+    port only after its own startup lines)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InputError(f"--host {host!r} is not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse TIME_WAIT ports
+    try:
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(args) -> int:
     from minicpmv_edge.extras import require
 
@@ -91,6 +123,8 @@ def run(args) -> int:
     from minicpmv_edge.edge_runtime.server import MediaPolicy, ServerConfig, create_app
     _check(args)
     text, mmproj, default_name = _paths(args)
+    _precheck_model(args, text, mmproj)  # a broken pair fails here, not after "serving ..." is printed
+    sock = _listen(args.host, args.port)  # a busy port too
     config = ServerConfig(
         model_id=args.model_name or default_name, api_key=args.api_key or None, max_queue=args.max_queue,
         request_timeout_s=args.request_timeout, max_body_bytes=int(args.max_body_mb * 1e6),
@@ -121,7 +155,7 @@ def run(args) -> int:
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, access_log=False,
                                            log_level="warning", timeout_graceful_shutdown=5))
     print(f"serving {config.model_id!r} on http://{args.host}:{args.port}/v1 (loading the model...)", flush=True)
-    server.run()
+    server.run(sockets=[sock])
     if failed:
         exc = failed[0]
         if isinstance(exc, InputError):
