@@ -74,7 +74,6 @@ def test_quantize_takes_llama_quantize_positional_form():
     (["chat", "-m", "x.gguf", "--temp", "nan"], "--temp"),
     (["chat", "-m", "x.gguf", "--temp", "-1"], "--temp"),
     (["chat", "-m", "x.gguf", "--top-p", "inf"], "--top-p"),
-    (["chat", "-m", "x.gguf", "--top-p", "0"], "--top-p"),
     (["run", "out", "-c", "-5"], "-c/--ctx-size"),
     (["run", "out", "--max-slices", "10"], "--max-slices"),
     (["run", "out", "--fps", "nan"], "--fps"),
