@@ -24,6 +24,9 @@ _lock = threading.Lock()
 _backend_ready = False
 _LOG_CB = None  # keep the ctypes callback alive
 _ROPE_MROPE, _ROPE_IMROPE = 8, 40  # GGML_ROPE_TYPE_MROPE / _IMROPE (ggml.h)
+# llama.cpp warnings that are the expected consequence of what we ask for: canvas M-RoPE (4.7) gives
+# a frame's rows one t, so every row after the first is "non-consecutive" (llama-kv-cache.cpp find_slot)
+_EXPECTED_WARNINGS = (b"find_slot: non-consecutive token position",)
 
 
 def _llama():
@@ -54,6 +57,8 @@ def init_backend() -> None:
         @L.llama_log_callback
         def _cb(level, text, _user):
             lvl = last[0] if int(level) == 5 else level_map.get(int(level), logging.DEBUG)
+            if lvl == logging.WARNING and text.startswith(_EXPECTED_WARNINGS):
+                lvl = logging.DEBUG
             last[0] = lvl
             if log.isEnabledFor(lvl):
                 msg = text.decode("utf-8", "replace").rstrip()
