@@ -67,11 +67,15 @@ def main() -> None:
 
     work = Path(args.work)
     ckpt = build(work, args.layers)
-    res = convert(ckpt, work / "out")
-    q4 = quantize_text(res.text_path, work / "out" / "text-q4km.gguf", "Q4_K_M", nthread=args.threads).path
+    f16 = work / "out" / "minicpmv-4.7-text-f16.gguf"
+    if not f16.exists():
+        f16 = convert(ckpt, work / "out").text_path
+    q4 = work / "out" / "text-q4km.gguf"
+    if not q4.exists():
+        quantize_text(f16, q4, "Q4_K_M", nthread=args.threads)
     rng = np.random.default_rng(0)
     print(f"| text | rows | batched s | one row per decode s | ratio |\n|---|---|---|---|---|")
-    for label, path in (("F16", res.text_path), ("Q4_K_M", q4)):
+    for label, path in (("F16", f16), ("Q4_K_M", q4)):
         model = Model(str(path))
         ctx = Context(model, n_ctx=2048, n_batch=512, n_threads=args.threads)
         for n in (64, 640):
