@@ -62,7 +62,10 @@ def convert(
     set_workers(threads)
     src, out_dir = Path(src), Path(out_dir)
     if not src.is_dir():
-        raise InputError("checkpoint directory does not exist", src)
+        raise InputError("is not a directory (give the checkpoint folder)" if src.exists()
+                         else "checkpoint directory does not exist", src)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("is a file, expected a folder for the output (-o)", out_dir)
     qtype = parse_outtype(outtype)
     config = families.read_config(src)
     check_config(config, src / "config.json")  # types and ranges, before any family module reads a value

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minicpmv_edge.errors import Cancelled, ContextOverflowError, GGUFError, MediaError, RuntimeFailure
+from minicpmv_edge.errors import Cancelled, ContextOverflowError, GGUFError, InputError, MediaError, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
@@ -446,6 +446,10 @@ class Vision:
 
     def tokenize(self, text: str, bitmaps: list[Bitmap], add_special: bool = False):
         """Split prompt text + images into chunks; returns an owning Chunks object."""
+        n_markers = text.count(self.marker)
+        if n_markers != len(bitmaps):  # mtmd would throw and report "could not preprocess" (code 2)
+            raise InputError(f"the text contains the media marker {self.marker} ({n_markers} markers for "
+                             f"{len(bitmaps)} images); the marker is reserved for images")
         M = _mtmd()
         handles = []
         keep = []

@@ -82,7 +82,9 @@ def load_image(src, limits: MediaLimits = MediaLimits(), name: str | None = None
     if isinstance(src, PILImage.Image):
         return _checked(np.asarray(_to_rgb(src, label)), limits, label)
     old = PILImage.MAX_IMAGE_PIXELS
-    PILImage.MAX_IMAGE_PIXELS = limits.max_pixels
+    # our own size check follows Image.open (which reads only the header) and comes before load();
+    # Pillow's guard would also warn on stderr for images between our limit and twice it
+    PILImage.MAX_IMAGE_PIXELS = None
     try:
         if isinstance(src, (bytes, bytearray, memoryview)):
             if len(src) > limits.max_file_bytes:
@@ -102,8 +104,12 @@ def load_image(src, limits: MediaLimits = MediaLimits(), name: str | None = None
                 rgb = np.asarray(_to_rgb(im, label))
     except MediaError:
         raise
-    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
-        raise MediaError(f"image is over the pixel limit of {limits.max_pixels} (decompression bomb?)", label) from None
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        # Pillow refuses it from the header, before decoding; its message carries the pixel count
+        n = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{n.group(1)} pixels" if n else "larger"
+        raise MediaError(f"image is {size}, over the limit of {limits.max_pixels} pixels (decompression bomb?)",
+                         label) from None
     except UnidentifiedImageError:
         raise MediaError("not a readable image (not a format Pillow reads: PNG, JPEG, GIF, BMP, WebP, TIFF, ...)", label) \
             from None
@@ -145,12 +151,13 @@ def _check_file(path: Path, max_bytes: int, what: str, label: str | None = None)
 
 def _checked(rgb: np.ndarray, limits: MediaLimits, label: str) -> Image:
     h, w = rgb.shape[:2]
+    # the order of the C bridge's image_dims_ok (mobile_bridge/src/image.cpp): same limits, same words
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise MediaError(f"image is {w}x{h}; both sides must be at least {MIN_SIDE} pixels", label)
     if w * h > limits.max_pixels:
         raise MediaError(f"image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_pixels}", label)
     if max(w / h, h / w) > limits.max_aspect:
         raise MediaError(f"image is {w}x{h}: aspect ratio over {limits.max_aspect:g}:1 is not supported", label)
-    if h < MIN_SIDE or w < MIN_SIDE:
-        raise MediaError(f"image is {w}x{h}; both sides must be at least {MIN_SIDE} pixels", label)
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     digest = hashlib.blake2b(rgb.tobytes(), digest_size=16, person=str(rgb.shape).encode()[:16]).hexdigest()
     return Image(rgb, digest)

@@ -88,7 +88,10 @@ def read_info(path: str | os.PathLike[str], tensors: bool = True) -> GGUFInfo:
         raise GGUFError("is not a regular file (a device, FIFO or socket), expected a .gguf file", path)
     try:
         with open(path, "rb") as f:
-            if f.read(4) != GGUF_MAGIC:
+            magic = f.read(4)
+            if not magic:
+                raise GGUFError("is empty, not a GGUF file", path)
+            if magic != GGUF_MAGIC:
                 raise GGUFError("not a GGUF file (bad magic)", path)
             info = GGUFInfo(path, _read(f, "<I"))
             if info.version not in gguf_layout.SUPPORTED_VERSIONS:

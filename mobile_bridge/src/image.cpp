@@ -1,18 +1,144 @@
-// Image input: encoded bytes (via mtmd-helper's stb_image) or raw RGB -> mtmd_bitmap,
-// downscaled to the model's pixel cap before mtmd slices it.
+// Image input: a file (regular files only, size-capped), encoded bytes (via mtmd-helper's
+// stb_image) or raw RGB -> mtmd_bitmap, downscaled to the model's pixel cap before mtmd slices it.
+// Every image is held to the limits Python uses too (media_limits.h, one file for both), and an
+// encoded image's dimensions are read from its header before anything is decoded.
 #include "internal.h"
 
+#include "media_limits.h"  // minicpmv_edge/data/media_limits.h: shared with minicpmv_edge/limits.py
 #include "mtmd-helper.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 
 namespace mcv {
 
 namespace {
-const int64_t kMaxPixels = int64_t(1) << 26;  // 67 Mpx: refuse before allocating ~200 MB of RGB
-const int32_t kMaxDim = 1 << 15;
+uint32_t be16(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
+uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+uint32_t le16(const uint8_t *p) { return (uint32_t)p[1] << 8 | p[0]; }
+int64_t le32s(const uint8_t *p) { return (int32_t)((uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0]); }
+
+// Width and height from the header of a PNG, GIF, BMP or JPEG, without decoding a pixel.
+// Written here because the decoder (stb_image inside libmtmd) does not export stbi_info.
+bool header_size(const uint8_t *d, size_t n, int64_t &w, int64_t &h) {
+    if (n >= 24 && memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0 && memcmp(d + 12, "IHDR", 4) == 0) {
+        w = be32(d + 16), h = be32(d + 20);
+        return true;
+    }
+    if (n >= 10 && (memcmp(d, "GIF87a", 6) == 0 || memcmp(d, "GIF89a", 6) == 0)) {
+        w = le16(d + 6), h = le16(d + 8);
+        return true;
+    }
+    if (n >= 26 && d[0] == 'B' && d[1] == 'M') {
+        const int64_t dib = le32s(d + 14);
+        if (dib == 12) {  // OS/2 BITMAPCOREHEADER: 16-bit sizes
+            w = le16(d + 18), h = le16(d + 20);
+        } else {
+            w = le32s(d + 18), h = std::llabs(le32s(d + 22));  // negative height: top-down rows
+        }
+        return true;
+    }
+    if (n >= 4 && d[0] == 0xFF && d[1] == 0xD8) {  // JPEG: walk the segments to the first frame header
+        size_t i = 2;
+        while (i + 9 < n) {
+            if (d[i] != 0xFF) return false;
+            const uint8_t marker = d[i + 1];
+            if (marker == 0xFF) { i++; continue; }  // fill byte
+            if (marker == 0xD8 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) { i += 2; continue; }
+            const size_t len = be16(d + i + 2);
+            const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+            if (sof) {
+                h = be16(d + i + 5), w = be16(d + i + 7);
+                return true;
+            }
+            if (len < 2) return false;
+            i += 2 + len;
+        }
+    }
+    return false;
+}
+}  // namespace
+
+bool image_dims_ok(int64_t w, int64_t h, std::string &err) {
+    const int64_t lo = std::min(w, h), hi = std::max(w, h);
+    std::string size = std::to_string(w) + "x" + std::to_string(h);
+    if (lo < MCV_IMAGE_MIN_SIDE) {
+        err = "image is " + size + "; both sides must be at least " + std::to_string(MCV_IMAGE_MIN_SIDE) + " pixels";
+        return false;
+    }
+    if (w * h > (int64_t)MCV_IMAGE_MAX_PIXELS) {  // w, h < 2^32: no overflow in int64
+        err = "image is " + size + " = " + std::to_string(w * h) + " pixels, over the limit of " +
+              std::to_string((int64_t)MCV_IMAGE_MAX_PIXELS);
+        return false;
+    }
+    if (hi > (int64_t)MCV_IMAGE_MAX_ASPECT * lo) {
+        err = "image is " + size + ": aspect ratio over " + std::to_string(MCV_IMAGE_MAX_ASPECT) + ":1 is not supported";
+        return false;
+    }
+    return true;
+}
+
+int read_image_file(const char *path, std::vector<uint8_t> &bytes, std::string &err) {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; fstat on the descriptor then decides
+    const int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        err = errno == ENOENT ? std::string("image file does not exist: ") + path
+                              : std::string("cannot open image (") + strerror(errno) + "): " + path;
+        return MCV_ERR_IO;
+    }
+    struct stat st;
+    int rc = MCV_OK;
+    if (fstat(fd, &st) != 0) {
+        err = std::string("cannot stat image (") + strerror(errno) + "): " + path;
+        rc = MCV_ERR_IO;
+    } else if (!S_ISREG(st.st_mode)) {
+        err = std::string(S_ISDIR(st.st_mode) ? "is a directory, not an image file: "
+                                              : "is not a regular file (a device, FIFO or socket), not an image file: ") + path;
+        rc = MCV_ERR_IO;
+    } else if (st.st_size == 0) {
+        err = std::string("image file is empty: ") + path;
+        rc = MCV_ERR_IMAGE;
+    } else if ((uint64_t)st.st_size > (uint64_t)MCV_IMAGE_MAX_FILE_BYTES) {
+        err = "image file is " + std::to_string((long long)st.st_size) + " bytes, over the limit of " +
+              std::to_string((long long)MCV_IMAGE_MAX_FILE_BYTES) + ": " + path;
+        rc = MCV_ERR_IMAGE;
+    } else {
+        try {
+            bytes.resize((size_t)st.st_size);
+        } catch (...) {
+            err = "out of memory for the image file";
+            rc = MCV_ERR_NO_MEMORY;
+        }
+        size_t got = 0;
+        while (rc == MCV_OK && got < bytes.size()) {
+            const ssize_t r = read(fd, bytes.data() + got, bytes.size() - got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {
+                err = std::string("cannot read image (") + (r < 0 ? strerror(errno) : "file shrank") + "): " + path;
+                rc = MCV_ERR_IO;
+                break;
+            }
+            got += (size_t)r;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+int count_markers(const std::string &text, const std::string &marker) {
+    int n = 0;
+    for (size_t at = text.find(marker); !marker.empty() && at != std::string::npos; at = text.find(marker, at + marker.size()))
+        n++;
+    return n;
+}
+
+namespace {
 
 // Encoded formats stb_image decodes. Anything else is refused here: mtmd-helper would
 // otherwise try audio or hand the bytes to ffmpeg (MTMD_VIDEO builds).
@@ -118,10 +244,11 @@ SlicePlan slice_plan(int w, int h, const SliceParams &sp) {
 
 mtmd_bitmap *bitmap_from_rgb(const uint8_t *rgb, int32_t w, int32_t h, int32_t stride, const ImageFit &fit,
                              std::string &err) {
-    if (!rgb || w <= 0 || h <= 0 || w > kMaxDim || h > kMaxDim || (int64_t)w * h > kMaxPixels) {
-        err = "raw image needs a buffer and 1..32768 x 1..32768 pixels (at most 67 Mpx)";
+    if (!rgb || w <= 0 || h <= 0) {
+        err = "raw image needs a buffer and positive width and height";
         return nullptr;
     }
+    if (!image_dims_ok(w, h, err)) return nullptr;
     if (stride < 3 * w) {
         err = "stride must be >= 3 * width (RGB888)";
         return nullptr;
@@ -155,6 +282,17 @@ mtmd_bitmap *bitmap_from_bytes(const mtmd_context *ctx, const uint8_t *data, siz
         err = "image bytes are not JPEG, PNG, GIF or BMP";
         return nullptr;
     }
+    if (size > (size_t)MCV_IMAGE_MAX_FILE_BYTES) {
+        err = "image data is " + std::to_string(size) + " bytes, over the limit of " +
+              std::to_string((long long)MCV_IMAGE_MAX_FILE_BYTES);
+        return nullptr;
+    }
+    int64_t hw = 0, hh = 0;  // checked before decoding: a PNG bomb costs nothing
+    if (!header_size(data, size, hw, hh)) {
+        err = "image header is truncated or corrupt";
+        return nullptr;
+    }
+    if (!image_dims_ok(hw, hh, err)) return nullptr;
     mtmd_helper_bitmap_wrapper w = mtmd_helper_bitmap_init_from_buf(ctx, data, size, false, mtmd_helper_init_opt_default());
     if (w.video_ctx) mtmd_helper_video_free(w.video_ctx);  // not expected for still images
     if (!w.bitmap || mtmd_bitmap_is_audio(w.bitmap)) {
@@ -163,9 +301,8 @@ mtmd_bitmap *bitmap_from_bytes(const mtmd_context *ctx, const uint8_t *data, siz
         return nullptr;
     }
     uint32_t bw = mtmd_bitmap_get_nx(w.bitmap), bh = mtmd_bitmap_get_ny(w.bitmap);
-    if ((int64_t)bw * bh > kMaxPixels) {
+    if (!image_dims_ok(bw, bh, err)) {  // the decoder's own idea of the size, checked again
         mtmd_bitmap_free(w.bitmap);
-        err = "image is larger than 67 Mpx";
         return nullptr;
     }
     int32_t nw, nh;

@@ -77,6 +77,14 @@ struct ImageFit {
     int64_t max_pixels = 0;  // params.image_max_pixels (<= 0: none)
 };
 
+// The shared image limits (minicpmv_edge/data/media_limits.h): false + message when w x h breaks one.
+bool image_dims_ok(int64_t w, int64_t h, std::string &err);
+// A whole image file: regular files only (no devices, FIFOs), at most MCV_IMAGE_MAX_FILE_BYTES;
+// returns MCV_OK or an mcv_status with a message naming the path.
+int read_image_file(const char *path, std::vector<uint8_t> &bytes, std::string &err);
+// How many times `marker` occurs in `text` (mtmd pairs each occurrence with one bitmap).
+int count_markers(const std::string &text, const std::string &marker);
+
 // Image input -> RGB bitmap (downscaled to `fit`); nullptr + message on failure.
 mtmd_bitmap *bitmap_from_bytes(const mtmd_context *ctx, const uint8_t *data, size_t size, const ImageFit &fit,
                                std::string &err);

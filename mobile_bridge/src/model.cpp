@@ -149,6 +149,8 @@ int mcv_model_load(const char *text_path, const char *mmproj_path, const mcv_mod
         p.struct_size = sizeof(p);
     }
     if (p.n_ctx < 64 || p.n_batch < 1) return fail(nullptr, MCV_ERR_INVALID_ARG, "n_ctx must be >= 64 and n_batch >= 1");
+    if (p.n_threads > 512)  // GGML_MAX_N_THREADS (ggml.h): ggml crashes past it
+        return fail(nullptr, MCV_ERR_INVALID_ARG, "n_threads must be <= 512 (0 = physical cores)");
     if (!readable(text_path)) return fail(nullptr, MCV_ERR_IO, std::string("cannot open text model: ") + text_path);
     if (mmproj_path && !readable(mmproj_path))
         return fail(nullptr, MCV_ERR_IO, std::string("cannot open projector: ") + mmproj_path);

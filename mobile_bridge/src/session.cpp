@@ -158,6 +158,12 @@ int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out) {
             return fail(&s->err, MCV_ERR_CONTEXT_FULL, "prompt needs " + std::to_string(s->n_past + n) + " positions; n_ctx is " + std::to_string(n_ctx));
         rc = decode_tokens(s, toks.data(), n);
     } else {
+        // mtmd throws (code 2, "could not preprocess") when markers and bitmaps disagree: say what it is
+        const int n_markers = count_markers(s->pending, m->marker);
+        if (n_markers != (bm ? 1 : 0))
+            return fail(&s->err, MCV_ERR_INVALID_ARG, "text contains the media marker " + m->marker +
+                        " without an image (" + std::to_string(n_markers) + " markers for " +
+                        std::to_string(bm ? 1 : 0) + " images); the marker is reserved for images");
         mtmd_input_chunks *chunks = mtmd_input_chunks_init();
         mtmd_input_text txt = {s->pending.c_str(), s->pending.size(), add_special, true};
         const mtmd_bitmap *bms[1] = {bm};
@@ -333,10 +339,10 @@ int mcv_session_add_image_bytes(mcv_session *s, const uint8_t *data, size_t size
 int mcv_session_add_image_file(mcv_session *s, const char *path) {
     clear_thread_error();
     if (!s || !path) return fail(s ? &s->err : nullptr, MCV_ERR_INVALID_ARG, "session or path is NULL");
-    std::ifstream f(path, std::ios::binary);
-    if (!f) return fail(&s->err, MCV_ERR_IO, std::string("cannot open image: ") + path);
-    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (bytes.empty()) return fail(&s->err, MCV_ERR_IMAGE, std::string("image file is empty: ") + path);
+    std::vector<uint8_t> bytes;
+    std::string err;
+    const int rc = read_image_file(path, bytes, err);
+    if (rc != MCV_OK) return fail(&s->err, rc, err);
     return mcv_session_add_image_bytes(s, bytes.data(), bytes.size());
 }
 
