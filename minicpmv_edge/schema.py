@@ -85,4 +85,9 @@ EDGE_CANVAS_SLICE_START = _NS + "canvas.slice_start_id"  # u32, "<slice>"
 EDGE_CANVAS_SLICE_END = _NS + "canvas.slice_end_id"  # u32, "</slice>"
 EDGE_CANVAS_NEWLINE = _NS + "canvas.newline_id"  # u32, "\n" between slice rows
 
-EDGE_KEYS = [v for k, v in dict(globals()).items() if k.startswith("EDGE_") and isinstance(v, str)]
+# written only by the families they concern; absent means the default stated beside each key
+EDGE_FAMILY_SPECIFIC = (EDGE_SMALL_IMAGE_UPSIZE, EDGE_IMAGE_POSITIONS, EDGE_CANVAS_IMAGE_START, EDGE_CANVAS_IMAGE_END,
+                        EDGE_CANVAS_SLICE_START, EDGE_CANVAS_SLICE_END, EDGE_CANVAS_NEWLINE)
+# the keys every converted text GGUF carries
+EDGE_KEYS = [v for k, v in dict(globals()).items()
+             if k.startswith("EDGE_") and isinstance(v, str) and v not in EDGE_FAMILY_SPECIFIC]
