@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter
 
 from minicpmv_edge import __version__, schema
+from minicpmv_edge import progress as bars
 from minicpmv_edge.errors import CheckpointError, InputError, OutputError
 from minicpmv_edge.manifest import Manifest
 
@@ -118,15 +119,22 @@ def convert(
             plan.add_mmproj_metadata(w)
             _add_edge_keys(w, fam, src)
 
-        def cb(kind):
-            return (lambda i, n, t: progress(kind, i, n, t)) if progress else None
+        bar = bars.bar(sum(planned_nbytes(t) for t in plan.text_tensors + plan.mmproj_tensors), f"converting {fam.name}")
 
-        write_gguf(text_path, plan.text_arch, text_meta, plan.text_tensors, cb("text"), ckpt=ckpt)
-        try:
-            write_gguf(mm_path, "clip", mm_meta, plan.mmproj_tensors, cb("mmproj"), ckpt=ckpt)
-        except BaseException:
-            text_path.unlink(missing_ok=True)
-            raise
+        def cb(kind):
+            def on_tensor(i, n, t):
+                bar.update(planned_nbytes(t))
+                if progress:
+                    progress(kind, i, n, t)
+            return on_tensor
+
+        with bar:
+            write_gguf(text_path, plan.text_arch, text_meta, plan.text_tensors, cb("text"), ckpt=ckpt)
+            try:
+                write_gguf(mm_path, "clip", mm_meta, plan.mmproj_tensors, cb("mmproj"), ckpt=ckpt)
+            except BaseException:
+                text_path.unlink(missing_ok=True)
+                raise
     finally:
         ckpt.close()
     files = {text_path.name: {"kind": "text", "type": text_type, "bytes": text_path.stat().st_size},
@@ -146,6 +154,17 @@ def convert(
     )
     manifest.save(out_dir)
     return ConvertResult(manifest, text_path, mm_path, time.perf_counter() - t0, ckpt.total_bytes())
+
+
+def planned_nbytes(t: PlannedTensor) -> int:
+    """Bytes `t` takes in the GGUF (what the progress bar counts)."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    block, size = GGML_QUANT_SIZES[t.qtype]
+    n = 1
+    for d in t.shape:
+        n *= d
+    return n // block * size
 
 
 def _open_checkpoint(src: Path, config: dict):

@@ -112,6 +112,20 @@ class MiniCPMV:
         in prefill or decode; the KV cache stays consistent and the next chat() works as usual."""
         self._ctx.request_abort()
 
+    def encode_images(self, images) -> list[float]:
+        """Encode images now (an interactive /image): their embeddings wait in the cache for the
+        turn that uses them. `images`: what chat() accepts as an image (path, bytes, PIL image, array).
+        Returns the milliseconds of each chunk encoded (none when all were cached)."""
+        from .media import load_image
+
+        loaded = [im if isinstance(im, Image) else load_image(im, self.limits) for im in images]
+        if self.vision is None:
+            raise InputError("this model was loaded without an mmproj; images need one")
+        bitmaps = [Bitmap(im.rgb if self.exact_images else self._fit_slices(im.rgb, self._max_slices()), im.digest)
+                   for im in loaded]
+        with self._lock:
+            return self.session.encode_ahead(bitmaps)
+
     def health(self) -> str | None:
         """None when llama.cpp's cache holds exactly what the session recorded; else the problem.
         While a generation runs the state is in flux: then the answer of the last check."""

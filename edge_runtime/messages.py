@@ -102,6 +102,8 @@ def _number(item: dict, key: str, default, n: int, kind: type, lo, hi):
 def _part(item, n, limits, resolve_url, video_defaults):
     if isinstance(item, str):
         return item
+    if isinstance(item, Image):  # decoded and checked already (an interactive /image)
+        return item
     if isinstance(item, (bytes, bytearray)) or _is_pil(item) or isinstance(item, Path):
         return load_image(item, limits)
     if isinstance(item, dict):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from minicpmv_edge import progress
 from minicpmv_edge.errors import MismatchError
 
 from .engine import CHUNK_IMAGE, CHUNK_TEXT, Bitmap, Context, Vision
@@ -262,6 +263,15 @@ class Session:
         return embd
 
     def _evaluate(self, todo: list[tuple], chunks) -> tuple[int, list[float]]:
+        # a bar for images of many slices (drawn only when the CLI asked for bars: minicpmv_edge.progress)
+        n_visual = sum(1 for u, _ in todo if u[0] in ("img", "emb"))
+        many = n_visual > 4
+        with progress.bar(n_visual if many else 0, "encoding image slices", unit="slice") as bar:
+            if not many:
+                bar = progress.OFF
+            return self._evaluate_units(todo, chunks, bar)
+
+    def _evaluate_units(self, todo: list[tuple], chunks, bar) -> tuple[int, list[float]]:
         evaluated = 0
         encode_ms: list[float] = []
         i = 0
@@ -287,6 +297,7 @@ class Session:
                 encode_ms += ms
                 self.units.append(unit)
                 self._commit()
+                bar.update(1)
                 i += 1
                 continue
             chunk = chunks[idx]
@@ -306,8 +317,30 @@ class Session:
             self.vision.decode_image_chunk(self.ctx, chunk, embd)
             self.units.append(unit)
             self._commit()
+            bar.update(1)
             i += 1
         return evaluated, encode_ms
+
+    def encode_ahead(self, bitmaps: list[Bitmap]) -> list[float]:
+        """Encode the images' chunks into the embedding cache now, so that the prefill that later
+        meets them finds them there (chunk keys as in _plan); returns ms per chunk encoded."""
+        if self.planner is not None:
+            return self.planner.encode_ahead(bitmaps)
+        plan, chunks = self._plan(self.vision.marker * len(bitmaps), bitmaps)
+        out: list[float] = []
+        try:
+            for unit, idx in plan:
+                if unit[0] != "img" or unit[1].startswith("anon-") or self.cache.get(unit[1]) is not None:
+                    continue
+                t0 = time.perf_counter()
+                embd = self._encode(chunks, idx)
+                out.append((time.perf_counter() - t0) * 1e3)
+                self.counters.images_encoded += 1
+                self.counters.image_encode_ms.append(out[-1])
+                self.cache.put(unit[1], embd)
+        finally:
+            chunks.close()
+        return out
 
     def append_generated(self, token: int) -> None:
         try:

@@ -190,6 +190,37 @@ class VisualPlanner:
         return plan
 
     # --- evaluation ---------------------------------------------------------------------------
+    def crop_embedding(self, c) -> tuple[np.ndarray, float | None]:
+        """A crop's embedding rows from the cache, or encoded now and cached; the ms when encoded."""
+        embd = self.cache.get(c.digest)
+        if embd is not None:
+            self.counters.image_cache_hits += 1
+            return embd, None
+        t0 = time.perf_counter()
+        if self.external is not None:  # [1, 3, H, W] in, as export-vision's graphs take
+            embd = np.asarray(self.external.encode(np.ascontiguousarray(c.pixels.transpose(2, 0, 1)[None])),
+                              np.float32)
+        else:
+            embd = self.encoder.encode(c.pixels)
+        ms = (time.perf_counter() - t0) * 1e3
+        self.counters.images_encoded += 1
+        self.counters.image_encode_ms.append(ms)
+        self.cache.put(c.digest, embd)
+        return embd, ms
+
+    def encode_ahead(self, bitmaps) -> list[float]:
+        """Encode the crops of `bitmaps` into the cache now (interactive /image); ms per crop encoded."""
+        _, _, slots, _ = self.expand(self.encoder.marker * len(bitmaps), bitmaps)
+        done: set[str] = set()
+        out = []
+        for slot in slots:
+            if slot is not None and slot[0].digest not in done:
+                done.add(slot[0].digest)
+                _, ms = self.crop_embedding(slot[0])
+                if ms is not None:
+                    out.append(ms)
+        return out
+
     def evaluate(self, ctx, span: Span, logits_last: bool) -> list[float]:
         """Encode (or fetch) the span's crops, build its rows, decode them; returns encode ms."""
         encode_ms: list[float] = []
@@ -199,21 +230,9 @@ class VisualPlanner:
                 parts.append(self.rows.get(row[1])[None])
                 continue
             _, c, r0, r1 = row
-            embd = self.cache.get(c.digest)
-            if embd is None:
-                t0 = time.perf_counter()
-                if self.external is not None:  # [1, 3, H, W] in, as export-vision's graphs take
-                    embd = np.asarray(self.external.encode(np.ascontiguousarray(c.pixels.transpose(2, 0, 1)[None])),
-                                      np.float32)
-                else:
-                    embd = self.encoder.encode(c.pixels)
-                ms = (time.perf_counter() - t0) * 1e3
+            embd, ms = self.crop_embedding(c)
+            if ms is not None:
                 encode_ms.append(ms)
-                self.counters.images_encoded += 1
-                self.counters.image_encode_ms.append(ms)
-                self.cache.put(c.digest, embd)
-            else:
-                self.counters.image_cache_hits += 1
             parts.append(embd[r0:r1])
         ctx.decode_embeddings(np.concatenate(parts, axis=0), span.pos, index_causal=span.index_causal,
                               logits_last=logits_last)

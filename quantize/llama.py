@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minicpmv_edge import progress
 from minicpmv_edge.errors import InputError, OutputError, RuntimeFailure
 
 from minicpmv_edge.gguf_info import GGUFInfo, read_info
@@ -50,6 +51,7 @@ FTYPES: dict[str, int] = {
     "COPY": 0,  # ALL_F32 + only_copy: tensors copied unchanged (quantize.cpp:584)
 }
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+FTYPE_NAMES = {v: k for k, v in FTYPES.items() if k != "COPY"}
 NEEDS_IMATRIX = frozenset({"Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "IQ3_XXS", "IQ3_XS"})
 SUPPORTED = tuple(k for k in FTYPES if k not in NEEDS_IMATRIX)
 FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "COPY"})
@@ -170,6 +172,12 @@ def _load_imatrix_legacy(path: Path) -> Imatrix:
     return Imatrix(data, datasets, chunk_count)
 
 
+def _tensor_bytes(info: GGUFInfo) -> dict[str, int]:
+    from minicpmv_edge.gguf_layout import nbytes
+
+    return {t.name: nbytes(t.shape, t.ggml_type, t.name, info.path) for t in info.tensors}
+
+
 @dataclass
 class QuantizeResult:
     path: Path
@@ -223,7 +231,7 @@ def quantize_text(inp: str | os.PathLike[str], out: str | os.PathLike[str], ftyp
         errors = _run(inp, tmp, FTYPES[ftype], imatrix, ott, tet,
                       allow_requantize or (float_target and bool(keep_types)),
                       nthread or os.cpu_count() or 1, {} if float_target else keep_types,
-                      only_copy=ftype == "COPY")
+                      only_copy=ftype == "COPY", sizes=_tensor_bytes(summary))
         if errors is not None:
             if any(s in errors for s in ("iostream", "basic_ios", "No space", "File too large")):
                 raise OutputError("disk full (or file size limit) while writing; no partial output was kept", out)
@@ -248,8 +256,31 @@ class _Capture(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+class _Progress(logging.Handler):
+    """Advances a progress bar from llama.cpp's per-tensor line `[  12/ 399] name - [...]`
+    (llama-quant.cpp:1227): the quantizer has no progress callback of its own."""
+
+    _LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+
+    def __init__(self, bar, sizes: dict[str, int]):
+        super().__init__(logging.INFO)
+        self.bar, self.sizes, self.last = bar, sizes, None
+
+    def emit(self, record):
+        m = self._LINE.match(record.getMessage())
+        if m:
+            self.finish()
+            self.last = m.group(3)
+
+    def finish(self):
+        if self.last is not None:
+            self.bar.update(self.sizes.get(self.last, 0))
+            self.last = None
+
+
 def _run(inp: Path, tmp: Path, ftype: int, imatrix: Imatrix | None, ott, tet, allow_requantize: bool,
-         nthread: int, keep_types: dict[str, int], only_copy: bool = False) -> str | None:
+         nthread: int, keep_types: dict[str, int], only_copy: bool = False,
+         sizes: dict[str, int] | None = None) -> str | None:
     """One llama_model_quantize call; returns None on success, llama.cpp's error text otherwise."""
     import llama_cpp as L
 
@@ -301,14 +332,23 @@ def _run(inp: Path, tmp: Path, ftype: int, imatrix: Imatrix | None, ott, tet, al
         set_fields(p, tt_overrides=ctypes.cast(tt, ctypes.POINTER(L.llama_model_tensor_override)))
     engine_log = logging.getLogger("minicpmv_edge.edge_runtime.engine")
     cap = _Capture()
+    bar = progress.bar(sum(sizes.values()) if sizes else None, f"quantizing to {FTYPE_NAMES.get(ftype, ftype)}")
+    prog = _Progress(bar, sizes or {})
     engine_log.addHandler(cap)
-    prev = engine_log.propagate
-    engine_log.propagate = log.isEnabledFor(logging.INFO)  # llama.cpp's own error lines only with -v
+    engine_log.addHandler(prog)
+    prev, prev_level = engine_log.propagate, engine_log.level
+    engine_log.propagate = log.isEnabledFor(logging.INFO)  # llama.cpp's own lines only with -v
+    engine_log.setLevel(logging.INFO)  # the per-tensor lines drive the progress bar
     try:
-        rc = L.llama_model_quantize(str(inp).encode(), str(tmp).encode(), ctypes.byref(p))
+        with bar:
+            rc = L.llama_model_quantize(str(inp).encode(), str(tmp).encode(), ctypes.byref(p))
+            if rc == 0:
+                prog.finish()
     finally:
         engine_log.removeHandler(cap)
+        engine_log.removeHandler(prog)
         engine_log.propagate = prev
+        engine_log.setLevel(prev_level)
     del keep_alive
     if rc == 0:
         return None

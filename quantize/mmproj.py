@@ -126,7 +126,11 @@ def quantize_mmproj(inp: str | os.PathLike[str], out: str | os.PathLike[str], qt
     def meta(w: GGUFWriter) -> None:
         _copy_fields(reader, w, FILE_TYPE[target])
 
-    size = write_gguf(out, "clip", meta, plan)
+    from minicpmv_edge import progress
+    from minicpmv_edge.convert.pipeline import planned_nbytes
+
+    with progress.bar(sum(planned_nbytes(t) for t in plan), f"quantizing projector to {target.name}") as bar:
+        size = write_gguf(out, "clip", meta, plan, lambda i, n, t: bar.update(planned_nbytes(t)))
     counts = Counter(t.qtype.name for t in plan)
     skipped = [t.name for t in plan if t.qtype == Q.F16 and target not in (Q.F16, Q.F32) and ".weight" in t.name
                and "patch_embd" not in t.name and len(t.shape) == 2]

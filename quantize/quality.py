@@ -101,6 +101,10 @@ def _logits_pass(path: str, chunks: list[list[int]], n_threads: int | None):
         model.close()
 
 
+def _pieces(model) -> list[bytes]:
+    return [model.piece(t, special=True) for t in range(model.n_vocab)]
+
+
 def text_quality(ref: str | os.PathLike[str], cand: str | os.PathLike[str], chunk: int = 128,
                  text: str | None = None, n_threads: int | None = None) -> TextQuality:
     from minicpmv_edge.edge_runtime.engine import Model
@@ -109,12 +113,21 @@ def text_quality(ref: str | os.PathLike[str], cand: str | os.PathLike[str], chun
     vocab_ref = Model(ref, vocab_only=True)
     tokens = vocab_ref.tokenize(text if text is not None else corpus_text(), add_special=False)
     n_vocab = vocab_ref.n_vocab
+    pieces = _pieces(vocab_ref)
     vocab_ref.close()
     vocab_cand = Model(cand, vocab_only=True)
-    if vocab_cand.n_vocab != n_vocab:
-        raise MismatchError(f"vocabularies differ ({n_vocab} vs {vocab_cand.n_vocab} tokens); "
-                            "compare a model with its own quantization", cand)
-    vocab_cand.close()
+    try:
+        if vocab_cand.n_vocab != n_vocab:
+            raise MismatchError(f"vocabularies differ ({n_vocab} vs {vocab_cand.n_vocab} tokens); "
+                                "compare a model with its own quantization", cand)
+        # same size is not the same vocabulary (a 4.0 model is not a quantized 4.5): every token must match
+        other = _pieces(vocab_cand)
+        diff = next((i for i, (a, b) in enumerate(zip(pieces, other)) if a != b), None)
+        if diff is not None:
+            raise MismatchError(f"vocabularies differ (token {diff} is {pieces[diff][:20]!r} in the reference, "
+                                f"{other[diff][:20]!r} here); compare a model with its own quantization", cand)
+    finally:
+        vocab_cand.close()
     chunks = _chunks(tokens, chunk)
     if not chunks:
         raise InputError("the text has fewer than 2 tokens")

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from minicpmv_edge import __version__
+from minicpmv_edge import __version__, progress
 from minicpmv_edge.errors import InputError, OutputError
 
 FORMATS = ("onnx", "coreml")
@@ -140,10 +140,12 @@ def _export(built, meta: dict, out_dir: Path, fmt: str, grids, precisions, verif
         from minicpmv_edge.vision_inputs import DESCRIPTIONS
 
         files = {}
-        for prec in precisions:
-            path = out_dir / f"vision-{prec}.onnx"
-            export_onnx(built.module, path, built.graph, patch, vit, fp16=(prec == "fp16"), grid=grids[0])
-            files[prec] = path.name
+        with progress.bar(len(precisions), "exporting ONNX graphs", unit="graph") as bar:
+            for prec in precisions:
+                path = out_dir / f"vision-{prec}.onnx"
+                export_onnx(built.module, path, built.graph, patch, vit, fp16=(prec == "fp16"), grid=grids[0])
+                files[prec] = path.name
+                bar.update(1)
         meta["files"] = files
         meta["inputs"] = [{"name": "pixel_values", "dtype": "float32", "shape": [1, 3, "height", "width"],
                            "description": "RGB, x/255 then (x - image_mean) / image_std; height = rows*patch_size"}]
@@ -157,11 +159,13 @@ def _export(built, meta: dict, out_dir: Path, fmt: str, grids, precisions, verif
         from .coreml_export import COMPUTE_UNITS, DEPLOYMENT_TARGET, export_coreml
 
         files = {}
-        for gh, gw in grids:
-            path = out_dir / f"vision-{gh}x{gw}.mlpackage"
-            _, fixed = export_coreml(built.module, path, built.graph, gh, gw, patch, vit)
-            traced.append(fixed)
-            files[f"{gh}x{gw}"] = path.name
+        with progress.bar(len(grids), "exporting CoreML packages", unit="grid") as bar:
+            for gh, gw in grids:
+                path = out_dir / f"vision-{gh}x{gw}.mlpackage"
+                _, fixed = export_coreml(built.module, path, built.graph, gh, gw, patch, vit)
+                traced.append(fixed)
+                files[f"{gh}x{gw}"] = path.name
+                bar.update(1)
         meta["files"] = files
         meta.update(precision="float16", compute_units=COMPUTE_UNITS, minimum_deployment_target=DEPLOYMENT_TARGET,
                     model_type="mlprogram")

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from .. import progress
+
+    progress.enable(sys.stderr.isatty() and not getattr(args, "json", False))
     try:
         return int(args.run(args) or 0)
     except EdgeError as exc:

@@ -1,6 +1,7 @@
 """`minicpmv-edge chat -m MODEL --mmproj MMPROJ` and `minicpmv-edge run OUT_DIR`.
 
-One-shot with -p; otherwise an interactive prompt (/image PATH, /video PATH, /reset, /exit).
+One-shot with -p; otherwise an interactive chat (interactive.py: /image PATH, /video PATH, /clear,
+/help, /exit; Ctrl-C stops an answer).
 Tokens stream to stdout; one line of timings follows each answer on stderr.
 """
 
@@ -12,7 +13,7 @@ import sys
 CHAT_EXAMPLES = """examples:
   minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf --image cat.jpg -p "What is this?"
   minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf --video clip.mp4 --fps 1 -p "Describe the video"
-  minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf            # interactive: /image PATH, /reset, /exit"""
+  minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf            # interactive: /help, /image PATH, /exit"""
 RUN_EXAMPLES = """examples:
   minicpmv-edge run out/v45 --image a.jpg --image b.jpg -p "Compare the two images"
   minicpmv-edge run out/v45 --image a.jpg -p "What is it?" --temp 0 --json"""
@@ -116,7 +117,8 @@ def _json_result(r) -> dict:
 
 
 def _user_content(images, video, text, fps, max_frames):
-    content = [{"type": "image", "image": path} for path in images]
+    # paths (one-shot --image) or images the interactive /image decoded and encoded already
+    content = [{"type": "image", "image": p} if isinstance(p, str) else p for p in images]
     if video:
         content.append({"type": "video", "video": video, "fps": fps, "max_frames": max_frames})
     content.append(text)
@@ -145,40 +147,6 @@ def run(args) -> int:
 
 
 def _interactive(model, messages, args) -> int:
-    from minicpmv_edge.errors import EdgeError
+    from . import interactive
 
-    pending_images, pending_video = list(args.image), args.video
-    print("interactive chat: /image PATH, /video PATH, /reset, /exit", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            return 0
-        cmd, _, rest = line.strip().partition(" ")
-        if cmd in ("/exit", "/quit"):
-            return 0
-        if cmd == "/reset":
-            messages[:] = [m for m in messages if m["role"] == "system"]
-            pending_images, pending_video = [], None
-            model.reset()
-            continue
-        if cmd == "/image":
-            pending_images.append(rest.strip())
-            continue
-        if cmd == "/video":
-            pending_video = rest.strip()
-            continue
-        if not line.strip():
-            continue
-        messages.append({"role": "user", "content": _user_content(pending_images, pending_video, line,
-                                                                  args.fps, args.max_frames)})
-        pending_images, pending_video = [], None
-        try:
-            r = _answer(model, messages, args, sys.stdout)
-        except EdgeError as exc:  # one bad image must not end the conversation
-            messages.pop()
-            print(f"error: {exc}", file=sys.stderr)
-            continue
-        if args.json:
-            print(json.dumps({"text": r.text, "timings": r.timings.as_dict()}, ensure_ascii=False))
-        messages.append({"role": "assistant", "content": r.raw if r.reasoning else r.text})
+    return interactive.run(model, messages, args, _answer, _user_content)

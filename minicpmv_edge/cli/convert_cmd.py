@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 EXAMPLES = """examples:
   minicpmv-edge convert ~/models/MiniCPM-V-4_5 -o out/minicpmv45
   minicpmv-edge convert ~/models/MiniCPM-V-4.6 -o out/v46 --outtype bf16
@@ -36,15 +34,10 @@ def run(args) -> int:
 
     from minicpmv_edge.convert import convert
 
-    def progress(kind, i, n, t):
-        if not args.json and sys.stderr.isatty():
-            print(f"\r  {kind}: {i + 1}/{n} {t.name[:50]:<50}", end="", file=sys.stderr, flush=True)
-
-    res = convert(args.src, args.out, outtype=args.outtype, family=args.family, progress=progress,
+    # the progress bar (bytes, rate, ETA) comes from the converter itself (minicpmv_edge.progress)
+    res = convert(args.src, args.out, outtype=args.outtype, family=args.family,
                   quant=args.quant, keep_intermediate=args.keep_intermediate, threads=args.threads,
                   imatrix=args.imatrix)
-    if sys.stderr.isatty() and not args.json:
-        print(file=sys.stderr)
     summary = {
         "family": res.manifest.family,
         "text": str(res.text_path),

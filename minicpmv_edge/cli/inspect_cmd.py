@@ -32,7 +32,8 @@ def describe(info) -> dict:
     from gguf import GGMLQuantizationType
 
     arch = info.arch
-    counts = Counter(GGMLQuantizationType(t.ggml_type).name for t in info.tensors)
+    names = {int(t): t.name for t in GGMLQuantizationType}
+    counts = Counter(names.get(t.ggml_type, f"type{t.ggml_type}") for t in info.tensors)
     d = {"file": str(info.path), "architecture": arch, "tensors": len(info.tensors),
          "dtypes": dict(counts), "bytes": info.path.stat().st_size}
     for k in KEY_FIELDS + tuple(f"{arch}.{s}" for s in ("embedding_length", "block_count", "context_length")):
@@ -41,6 +42,54 @@ def describe(info) -> dict:
     if "tokenizer.ggml.tokens" in info.array_lengths:
         d["vocab_size"] = info.array_lengths["tokenizer.ggml.tokens"]
     return d
+
+
+# how people read the keys describe() reports (JSON keeps the GGUF names)
+LABELS = {"architecture": "architecture", "tensors": "tensors", "general.name": "name",
+          "minicpmv_edge.family": "family", "clip.projector_type": "projector", "clip.minicpmv_version": "projector version",
+          "clip.minicpmv_query_num": "tokens per image slice", "clip.vision.image_size": "slice size (px)",
+          "clip.vision.projector.scale_factor": "merge factor", "tokenizer.ggml.model": "tokenizer",
+          "tokenizer.ggml.pre": "pre-tokenizer", "vocab_size": "vocabulary (tokens)",
+          "embedding_length": "embedding width", "block_count": "layers", "context_length": "training context (tokens)",
+          "minicpmv_edge.image.positions": "image positions", "minicpmv_edge.image.small_image_upsize": "small images",
+          "minicpmv_edge.image.downsample_mode": "downsample mode"}
+
+
+def human_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def render(d: dict) -> str:
+    """One file as an aligned two-column table: human labels, sizes in KiB/MiB/GiB, counts with separators."""
+    from pathlib import Path
+
+    rows = [("size", human_bytes(d["bytes"]))]
+    for k, v in d.items():
+        if k in ("file", "bytes"):
+            continue
+        if k == "dtypes":
+            continue
+        if k == "tensors":
+            kinds = ", ".join(f"{name} {n:,}" for name, n in sorted(d["dtypes"].items(), key=lambda x: -x[1]))
+            rows.append(("tensors", f"{v:,} ({kinds})" if kinds else f"{v:,}"))
+            continue
+        label = LABELS.get(k) or LABELS.get(k.split(".", 1)[-1]) or k
+        rows.append((label, _value(v)))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join([Path(d["file"]).name + f"  ({d['file']})"] + [f"  {label:<{width}}  {text}" for label, text in rows])
 
 
 def run(args) -> int:
@@ -66,10 +115,7 @@ def run(args) -> int:
         print(json.dumps(out, indent=None, default=str))
     else:
         for d in out["files"]:
-            print(d["file"])
-            for k, v in d.items():
-                if k != "file":
-                    print(f"  {k:<36} {v}")
+            print(render(d))
         if "pair" in out:
             print("pair: OK, these files fit together" if out["pair"]["ok"]
                   else "pair: MISMATCH\n  - " + "\n  - ".join(out["pair"]["problems"]))

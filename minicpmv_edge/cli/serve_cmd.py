@@ -118,6 +118,9 @@ def run(args) -> int:
 
     require("server", "serve")
     require("runtime", "serve")
+    from minicpmv_edge import progress
+
+    progress.enable(False)  # a server's stderr is a log: no bars per request
     import uvicorn
 
     from minicpmv_edge.edge_runtime.server import MediaPolicy, ServerConfig, create_app

@@ -1,0 +1,183 @@
+"""The interactive chat of `run` / `chat` without -p.
+
+Line editing and history come from readline (stdin a terminal; history kept in
+$XDG_STATE_HOME/minicpmv-edge/chat_history). `/image PATH` checks the file at once and
+encodes it right away, so the question that follows only prefills text; Ctrl-C during an
+answer stops that answer (llama.cpp's abort, the conversation and its KV cache stay), Ctrl-C
+at the prompt clears the line, Ctrl-D or /exit ends. When stdout is not a terminal (piped to
+a file or another program) the prompt goes to stderr, so stdout holds only the answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+HELP = """commands:
+  /image PATH   attach an image to your next message (checked and encoded now)
+  /video PATH   attach a video to your next message
+  /clear        forget the conversation (also /reset)
+  /help         this list
+  /exit         quit (also /quit, Ctrl-D)
+Ctrl-C stops an answer and keeps the conversation; at the prompt it clears the line."""
+
+
+def history_file() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "minicpmv-edge" / "chat_history"
+
+
+def _setup_readline():
+    """readline editing and a persistent history, when stdin is a terminal; None otherwise."""
+    if not sys.stdin.isatty():
+        return None
+    try:
+        import readline
+    except ImportError:  # Windows without pyreadline: plain input() still works
+        return None
+    path = history_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            readline.read_history_file(path)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+    return readline, path
+
+
+def _read(prompt: str) -> str:
+    if sys.stdout.isatty():
+        return input(prompt)
+    sys.stderr.write(prompt)  # stdout carries only the answers
+    sys.stderr.flush()
+    return input()
+
+
+class _StopOnCtrlC:
+    """While an answer streams, Ctrl-C cancels it through llama.cpp's abort callback (the
+    generation returns 'cancelled' and the KV cache stays consistent) instead of raising."""
+
+    def __init__(self, model):
+        self.model, self.pressed, self._old = model, False, None
+
+    def _handler(self, *_):
+        self.pressed = True
+        self.model.cancel()
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old)
+
+
+def run(model, messages: list, args, answer, user_content) -> int:
+    """`answer(model, messages, args, out)` streams one reply; `user_content(...)` builds a user turn."""
+    from minicpmv_edge.errors import EdgeError
+
+    pending_images: list = []
+    pending_video = args.video
+    for path in args.image:
+        if not _attach(model, path, pending_images):
+            return 2
+    rl = _setup_readline()
+    print("interactive chat: type a message, /help for commands", file=sys.stderr)
+    try:
+        while True:
+            try:
+                line = _read("> ")
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            except KeyboardInterrupt:  # clears the line, as a shell does
+                print(file=sys.stderr)
+                continue
+            cmd, _, rest = line.strip().partition(" ")
+            if cmd in ("/exit", "/quit"):
+                return 0
+            if cmd == "/help":
+                print(HELP, file=sys.stderr)
+                continue
+            if cmd in ("/clear", "/reset"):
+                messages[:] = [m for m in messages if m["role"] == "system"]
+                pending_images, pending_video = [], None
+                model.reset()
+                print("(conversation cleared)", file=sys.stderr)
+                continue
+            if cmd == "/image":
+                _attach(model, rest.strip(), pending_images)
+                continue
+            if cmd == "/video":
+                pending_video = _check_video(rest.strip()) or pending_video
+                continue
+            if cmd.startswith("/"):
+                print(f"unknown command {cmd}; /help lists them", file=sys.stderr)
+                continue
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": user_content(pending_images, pending_video, line,
+                                                                     args.fps, args.max_frames)})
+            pending_images, pending_video = [], None
+            try:
+                with _StopOnCtrlC(model) as stop:
+                    r = answer(model, messages, args, sys.stdout)
+            except EdgeError as exc:  # one bad image or video must not end the conversation
+                messages.pop()
+                print(f"error: {exc}", file=sys.stderr)
+                continue
+            if stop.pressed or r.finish_reason == "cancelled":
+                print("(stopped; the conversation continues)", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"text": r.text, "finish_reason": r.finish_reason, "timings": r.timings.as_dict()},
+                                 ensure_ascii=False))
+            messages.append({"role": "assistant", "content": r.raw if r.reasoning else r.text})
+    finally:
+        if rl is not None:
+            try:
+                rl[0].write_history_file(rl[1])
+            except OSError:
+                pass
+
+
+def _attach(model, path: str, pending: list) -> bool:
+    """Check and encode an image now; on a problem print it and keep the conversation."""
+    from minicpmv_edge.edge_runtime.media import load_image
+    from minicpmv_edge.errors import EdgeError
+
+    if not path:
+        print("usage: /image PATH", file=sys.stderr)
+        return False
+    try:
+        image = load_image(path, model.limits)
+        t0 = time.perf_counter()
+        ms = model.encode_images([image])
+    except EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    pending.append(image)
+    w, h = image.size
+    print(f"(image {Path(path).name}: {w}x{h}, {len(ms)} chunks encoded in {(time.perf_counter() - t0) * 1e3:.0f} ms;"
+          " it goes with your next message)", file=sys.stderr)
+    return True
+
+
+def _check_video(path: str) -> str | None:
+    from minicpmv_edge.edge_runtime.media import _check_file
+    from minicpmv_edge.errors import EdgeError
+
+    if not path:
+        print("usage: /video PATH", file=sys.stderr)
+        return None
+    try:
+        _check_file(Path(path), 1 << 40, "video")
+    except EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    print(f"(video {Path(path).name}: goes with your next message)", file=sys.stderr)
+    return path
