@@ -172,14 +172,22 @@ def test_cli_run_json_is_reproducible(store):
 
 
 def test_offload_flags_reach_llama_cpp(store):
-    """Metal/CUDA cannot run here; the flags must still arrive in llama.cpp's param structs."""
+    """Metal/CUDA cannot run here, and on a CPU-only build MiniCPMV refuses -ngl / --mmproj-gpu
+    (test_hostile_runtime.py); the engine still puts them into llama.cpp's param structs, in
+    fields those structs really have (engine.set_fields)."""
+    import llama_cpp as L
+
+    from minicpmv_edge.edge_runtime.engine import Context, Model, Vision
+
     res = store.converted("minicpmv-2.6")
-    m = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=256, n_threads=2, n_gpu_layers=99, mmproj_gpu=True,
-                 use_mmap=True)
-    assert m.model.params.n_gpu_layers == 99 and m.model.params.use_mmap
-    assert m.vision.params.use_gpu is True and m.vision.params.n_threads == 2
-    assert m._ctx.n_threads == 2
-    m.close()
+    model = Model(str(res.text_path), n_gpu_layers=99, use_mmap=True)
+    assert model.params.n_gpu_layers == 99 and model.params.load_mode == L.LLAMA_LOAD_MODE_AUTO
+    vision = Vision(str(res.mmproj_path), model, n_threads=2, use_gpu=True)
+    assert vision.params.use_gpu is True and vision.params.n_threads == 2
+    ctx = Context(model, n_ctx=256, n_threads=2)
+    assert ctx.n_threads == 2
+    for h in (ctx, vision, model):
+        h.close()
     from minicpmv_edge.edge_runtime.engine import physical_cores
 
     assert 1 <= physical_cores() <= (__import__("os").cpu_count() or 1)
