@@ -167,3 +167,25 @@ def test_hostile_convert_arguments(ckpt45, tmp_path):
         assert_one_line_error(rc, err, *needles)
     for o in ("o1", "o2", "o3", "o4", "o5"):
         assert leftovers(tmp_path / o) == []
+
+
+def test_export_vision_failure_leaves_nothing(store, tmp_path, monkeypatch):
+    """A failure after the first graph is written (a full disk, Ctrl-C) leaves no vision-*.onnx
+    without metadata.json: everything is written to a temporary folder and moved in at the end."""
+    from minicpmv_edge.convert.vision_export import export_vision, onnx_export
+    from minicpmv_edge.errors import OutputError
+
+    real, calls = onnx_export.export_onnx, []
+
+    def fails_on_the_second(*a, **kw):
+        if calls:
+            raise OutputError("disk full while writing; no partial output was kept", a[1])
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(onnx_export, "export_onnx", fails_on_the_second)
+    out = tmp_path / "vis"
+    with pytest.raises(OutputError, match="disk full"):
+        export_vision(store.checkpoint("minicpmv-4.5"), out, "onnx", grids=[(32, 32)], precisions=("fp32", "fp16"),
+                      verify=False)
+    assert calls and out.is_dir() and list(out.iterdir()) == []  # no graph, no metadata, no temporary folder
