@@ -23,6 +23,8 @@ SPECIALS = {
                      "<|image_pad|>", "<|video_pad|>"],
 }
 SPECIALS["minicpmv-4.6-4x"] = SPECIALS["minicpmv-4.6"]
+for _f in ("minicpmv-4.7", "minicpmv-4.7-4x", "minicpmv-4.7-moe", "minicpm-ocr-1.0"):  # 4.6's tokenizer
+    SPECIALS[_f] = SPECIALS["minicpmv-4.6"]
 TEXTS = CORPUS + ["e\u0301t\u00e9 n\u0303", "q\u0301uick \u0915\u093f\u0924\u093e\u092c", " leading space", "x  <image>y</image>\n\n<|im_end|>"]
 
 
