@@ -17,7 +17,7 @@ from typing import Callable
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter
 
-from minicpmv_edge import __version__, schema
+from minicpmv_edge import __version__, schema, video_facts
 from minicpmv_edge import progress as bars
 from minicpmv_edge.errors import CheckpointError, InputError, OutputError
 from minicpmv_edge.manifest import Manifest
@@ -112,6 +112,7 @@ def convert(
             w.add_string(schema.EDGE_PROJECTOR_TYPE, plan.projector_type)
             w.add_int32(schema.EDGE_PROJECTOR_VERSION, plan.projector_version)
             plan.facts.write(w)
+            video_facts.for_family(fam.name).write(w)
 
         def mm_meta(w: GGUFWriter) -> None:
             w.add_name(f"MiniCPM-V {fam.model_version} vision projector")

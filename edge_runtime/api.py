@@ -88,6 +88,8 @@ class MiniCPMV:
             self.session.planner.external = enc  # e.g. OnnxVisionEncoder: encodes the same processor crops
         else:
             self.session = Session(self._ctx, self.vision, self.cache, encoder=enc)
+        self.video = self._video_recipe(info, mm_info, mmproj, threads)
+        self.last_notices: list[str] = []  # one line per video cut to fit the context, last chat()
         self._lock = threading.Lock()
         self._health: str | None = None
         self.load_ms = (time.perf_counter() - t0) * 1e3
@@ -137,7 +139,26 @@ class MiniCPMV:
             self._lock.release()
         return self._health
 
+    def _video_recipe(self, info, mm_info, mmproj, threads: int):
+        """The model's own video recipe (video.py), from the GGUF's minicpmv_edge.video.* keys."""
+        from minicpmv_edge import video_facts
+
+        from .video import VideoRecipe
+
+        facts = video_facts.read(info.kv, self.format.family)
+        self.video_use_image_id = bool(info.kv.get(schema.EDGE_VIDEO_USE_IMAGE_ID, False))
+        encoder = None
+        if facts.recipe == video_facts.PACKED and mm_info is not None:
+            from .video_packed import PackedEncoder
+
+            encoder = PackedEncoder(str(mmproj), mm_info.kv, threads, self.options.mmproj_gpu)
+        spec = self.session.planner.video_spec if self.exact_images else None
+        return VideoRecipe(facts, self.exact_images, spec, encoder, self.format.tokens_per_slice)
+
     def close(self) -> None:
+        enc = getattr(getattr(self, "video", None), "encoder", None)
+        if enc is not None:
+            enc.close()
         for h in (getattr(self, "_ctx", None), getattr(self, "vision", None), getattr(self, "model", None)):
             if h is not None:
                 h.close()
@@ -170,15 +191,15 @@ class MiniCPMV:
                     image_index += 1
                 elif isinstance(part, Video):
                     frames = []
-                    for f in part.frames:  # frames: no slicing, no image ids (model cards' video recipe)
+                    for f in part.frames:  # units (video.py): unsliced, no image id per frame
                         frames.append(fmt.image_placeholder(marker, 0, use_id=False))
                         rgb = f.rgb if self.exact_images else self._fit_slices(f.rgb, fmt.video_max_slice_nums)
-                        bitmaps.append(Bitmap(rgb, f.digest + "/v"))
+                        bitmaps.append(Bitmap(rgb, f.digest + "/v", embed=getattr(f, "embed", None)))
                     if self.exact_images:
-                        # MiniCPMV4_6Processor.replace_video_token: frames back to back; one image id per
-                        # video for 4.6 / OCR (use_image_id), none for 4.7 (its processor drops it)
-                        canvas = self.session.planner.canvas
-                        prefix = fmt.image_placeholder("", video_index) if fmt.use_image_id and not canvas else ""
+                        # MiniCPMV4_6Processor.replace_video_token: frames back to back; an id before the
+                        # video only with video.use_image_id (the 4.6 model card's video call: off)
+                        use_id = self.video_use_image_id and not self.session.planner.canvas
+                        prefix = fmt.image_placeholder("", video_index) if use_id else ""
                         pieces.append(prefix + "".join(frames))
                         video_index += 1
                     else:
@@ -251,6 +272,7 @@ class MiniCPMV:
         # a list of Turns was normalized already (the server decodes images before queueing)
         turns = list(messages) if messages and all(isinstance(m, Turn) for m in messages) \
             else normalize(messages, self.limits)
+        turns = self.expand_videos(turns, enable_thinking, reserve=sampling.max_tokens)
         prompt, bitmaps = self.build_prompt(turns, enable_thinking)
         fmt = self.format
         tail = (fmt.thinking_prefix_on if enable_thinking else fmt.thinking_prefix_off) if fmt.thinking_supported else ""
@@ -260,6 +282,34 @@ class MiniCPMV:
         for _ in gen:
             pass
         return self.last_result
+
+    def expand_videos(self, turns: list[Turn], enable_thinking: bool = False, reserve: int | None = None) -> list[Turn]:
+        """Turns with every video part expanded into its prompt units (video.py), each new video
+        cut to what the context leaves after the rest of the prompt and `reserve` answer tokens."""
+        from .video import answer_reserve, budget_for
+
+        self.last_notices = []
+        videos = [p for t in turns for p in t.parts if isinstance(p, Video) and p.source is not None]
+        if not videos:
+            return turns
+        if self.vision is None:
+            raise InputError("this model was loaded without an mmproj; video needs one")
+        for v in videos:
+            self.video.check(v.options, v.source.label)
+        known = {id(v): self.video.cached(v.source, v.options) for v in videos}
+        new = [v for v in videos if known[id(v)] is None]
+        budget = None
+        if new:  # count the prompt without the new videos, as the session would lay it out
+            probe = [replace(t, parts=[Video(frames=known[id(p)] or []) if isinstance(p, Video) and p.source else p
+                                       for p in t.parts]) for t in turns]
+            base = self.session.count_tokens(*self.build_prompt(probe, enable_thinking))
+            budget = budget_for(self._ctx.n_ctx, base, answer_reserve(self._ctx.n_ctx, reserve), len(new))
+        self.video.notices = []
+        out = [replace(t, parts=[replace(p, frames=self.video.expand(p.source, p.options, budget))
+                                 if isinstance(p, Video) and p.source is not None else p for p in t.parts])
+               for t in turns]
+        self.last_notices = list(self.video.notices)
+        return out
 
     def token_biases(self, bias) -> tuple[tuple[int, float], ...]:
         """{token id | text: bias} or [[token id | text, bias], ...]; text is tokenized (as llama-server);

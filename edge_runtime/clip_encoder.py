@@ -81,12 +81,14 @@ def _compiler() -> str:
                          "shim over llama.cpp once")
 
 
-def shim_path() -> Path:
-    """Build the shim if needed; returns the shared library's path."""
+def shim_path(source: Path = SOURCE) -> Path:
+    """Build a shim over clip.h (`source`: one C++ file in native/) if needed; returns the shared
+    library's path."""
     lib = _lib_dir()
     suffix = ".dylib" if sys.platform == "darwin" else ".so"
-    key = hashlib.sha256(SOURCE.read_bytes() + str(lib.resolve()).encode() + _llama_cpp_version().encode())
-    out = CACHE / "clip-shim" / f"libedge_clip-{key.hexdigest()[:16]}{suffix}"
+    key = hashlib.sha256(source.read_bytes() + str(lib.resolve()).encode() + _llama_cpp_version().encode())
+    stem = "libedge_clip" if source == SOURCE else f"libedge_{source.stem}"
+    out = CACHE / "clip-shim" / f"{stem}-{key.hexdigest()[:16]}{suffix}"
     with _build_lock:
         if out.exists():
             return out
@@ -94,7 +96,7 @@ def shim_path() -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         cmd = [_compiler(), "-std=c++17", "-O2", "-shared", "-fPIC", f"-I{src / 'include'}",
-               f"-I{src / 'ggml' / 'include'}", f"-I{src / 'tools' / 'mtmd'}", str(SOURCE), f"-L{lib}",
+               f"-I{src / 'ggml' / 'include'}", f"-I{src / 'tools' / 'mtmd'}", str(source), f"-L{lib}",
                "-lmtmd", "-lggml", "-lggml-base", f"-Wl,-rpath,{lib}", "-o", str(tmp)]
         rc = subprocess.run(cmd, capture_output=True, text=True)
         if rc.returncode != 0:

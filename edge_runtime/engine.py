@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -421,6 +422,9 @@ class Bitmap:
 
     rgb: np.ndarray
     id: str | None = None  # content hash, lets mtmd/our cache recognise repeats
+    # embeddings made elsewhere (4.5's packed video groups, video_packed.py): mtmd only lays out the
+    # chunk of an unsliced image for this bitmap, and the session feeds these instead of encoding it
+    embed: "Callable[[], np.ndarray] | None" = None
 
 
 class Vision:

@@ -2,8 +2,8 @@
 
 Pillow decodes (with its decompression-bomb guard set to our pixel limit), EXIF
 orientation is applied, every mode (CMYK, 16-bit, palette, alpha) becomes RGB;
-extreme aspect ratios are refused before mtmd's slicer sees them. Video frames
-come from PyAV, decoded in-process.
+extreme aspect ratios are refused before mtmd's slicer sees them. Video files are
+read by video_source.py (PyAV).
 """
 
 from __future__ import annotations
@@ -161,42 +161,3 @@ def _checked(rgb: np.ndarray, limits: MediaLimits, label: str) -> Image:
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     digest = hashlib.blake2b(rgb.tobytes(), digest_size=16, person=str(rgb.shape).encode()[:16]).hexdigest()
     return Image(rgb, digest)
-
-
-def video_frames(path, fps: float = 1.0, max_frames: int = 16, limits: MediaLimits = MediaLimits()) -> list[Image]:
-    """Decode `path` with PyAV and keep frames at `fps` (at most `max_frames`, evenly spread)."""
-    from minicpmv_edge.extras import need
-
-    av = need("av", "video", "video input")
-    path = Path(path)
-    _check_file(path, 1 << 40, "video")
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as exc:
-        raise MediaError(f"not a readable video ({exc})", path) from None
-    with container:
-        streams = container.streams.video
-        if not streams:
-            raise MediaError("file has no video stream", path)
-        stream = streams[0]
-        try:
-            stream.codec_context  # noqa: B018 - raises when the codec is missing
-        except Exception as exc:
-            raise MediaError(f"no decoder for this video's codec ({exc})", path) from None
-        stamps: list[tuple[float, object]] = []
-        try:
-            for frame in container.decode(stream):
-                t = float(frame.pts * stream.time_base) if frame.pts is not None else len(stamps) / 25.0
-                stamps.append((t, frame))
-        except av.error.FFmpegError as exc:
-            if not stamps:
-                why = "no decoder for this video's codec" if "Decoder not found" in str(exc) else f"cannot decode ({exc})"
-                raise MediaError(why, path) from None
-    if not stamps:
-        raise MediaError("video has no frames", path)
-    duration = stamps[-1][0] + 1e-6
-    wanted = max(1, min(max_frames, int(duration * fps) + 1))
-    targets = np.linspace(0.0, stamps[-1][0], wanted) if wanted > 1 else np.array([0.0])
-    times = np.array([t for t, _ in stamps])
-    picked = sorted({int(np.abs(times - t).argmin()) for t in targets})
-    return [_checked(stamps[i][1].to_ndarray(format="rgb24"), limits, f"{path.name}#frame{i}") for i in picked]

@@ -4,28 +4,35 @@ Model card:  {"role": "user", "content": [PIL.Image, "question"]}  (images as PI
              paths or bytes; a string content is one text part)
 OpenAI:      {"role": "user", "content": [{"type": "text", "text": ...},
              {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}]}
-Video:       {"type": "video", "video": "clip.mp4", "fps": 1, "max_frames": 16}
+Video:       {"type": "video", "video": "clip.mp4", "fps": 1, "max_frames": 16}  (video.py: options)
+             {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,..."}}
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from minicpmv_edge.errors import InputError, MediaError
 
-from .media import Image, MediaLimits, load_image, video_frames
+from .media import Image, MediaLimits, load_image
+from .video import VideoOptions
+from .video_source import VideoSource
 
 ROLES = ("system", "user", "assistant")
 
 
 @dataclass
 class Video:
-    frames: list[Image]
+    """A video part: its source and options; `frames` holds its prompt units once the model has
+    expanded it (video.py: frames or stacked composites as Images, or 4.5's packed groups)."""
+
+    frames: list = field(default_factory=list)
+    source: VideoSource | None = None
+    options: VideoOptions = field(default_factory=VideoOptions)
 
 
 @dataclass
@@ -53,8 +60,7 @@ def decode_data_url(url: str) -> bytes:
         raise MediaError("data URL is not valid base64") from None
 
 
-def normalize(messages, limits: MediaLimits, resolve_url: Callable[[str], Any] | None = None,
-              video_defaults: tuple[float, int] = (1.0, 16)) -> list[Turn]:
+def normalize(messages, limits: MediaLimits, resolve_url: Callable[[str], Any] | None = None) -> list[Turn]:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InputError("messages must be a non-empty list")
     turns: list[Turn] = []
@@ -72,7 +78,7 @@ def normalize(messages, limits: MediaLimits, resolve_url: Callable[[str], Any] |
         for item in items:
             if item is None:
                 continue
-            turn.parts.append(_part(item, n, limits, resolve_url, video_defaults))
+            turn.parts.append(_part(item, n, limits, resolve_url))
         if role != "user" and any(not isinstance(p, str) for p in turn.parts):
             raise InputError(f"message {n}: only user messages may carry images or video")
         turns.append(turn)
@@ -87,19 +93,7 @@ def _is_rgb_array(x) -> bool:
     return isinstance(x, np.ndarray)
 
 
-def _number(item: dict, key: str, default, n: int, kind: type, lo, hi):
-    """A numeric field of a content part, type- and range-checked (fps 0 < x <= 240, max_frames 1..1024)."""
-    v = item.get(key, default)
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if ok and kind is int:
-        ok = float(v).is_integer()
-    if not ok or not (lo < v <= hi if kind is float else lo <= v <= hi):
-        want = f"a number in ({lo:g}, {hi:g}]" if kind is float else f"an integer in {lo}..{hi}"
-        raise InputError(f"message {n}: video {key} must be {want}, got {v!r:.40}")
-    return kind(v)
-
-
-def _part(item, n, limits, resolve_url, video_defaults):
+def _part(item, n, limits, resolve_url):
     if isinstance(item, str):
         return item
     if isinstance(item, Image):  # decoded and checked already (an interactive /image)
@@ -128,14 +122,27 @@ def _part(item, n, limits, resolve_url, video_defaults):
                 raise InputError(f"message {n}: an image must be a path, URL, data URL, bytes, a PIL image or an "
                                  f"HxWx3 uint8 array, got {type(src).__name__}")
             return load_image(src, limits)
-        if kind == "video":
-            video_url = item.get("video_url")
-            src = item.get("video") or (video_url.get("url") if isinstance(video_url, dict) else video_url)
-            if not isinstance(src, (str, Path)) or not str(src):
-                raise InputError(f"message {n}: a video part needs a file path in 'video', got "
-                                 f"{'nothing' if src is None else type(src).__name__}")
-            fps = _number(item, "fps", video_defaults[0], n, float, 0.0, 240.0)
-            cap = _number(item, "max_frames", video_defaults[1], n, int, 1, 1024)
-            return Video(video_frames(src, fps=fps, max_frames=cap, limits=limits))
+        if kind in ("video", "video_url"):
+            return _video(item, n, limits, resolve_url)
         raise InputError(f"message {n}: unknown content part type {kind!r}")
     raise InputError(f"message {n}: unsupported content item of type {type(item).__name__}")
+
+
+def _video(item: dict, n: int, limits: MediaLimits, resolve_url) -> Video:
+    """A video part: probed now (a bad file fails before anything runs), decoded when the model
+    expands it."""
+    src = item.get("video", item.get("video_url"))
+    if isinstance(src, dict):
+        src = src.get("url")
+    options = VideoOptions.from_dict({k: v for k, v in item.items() if k not in ("type", "video", "video_url")},
+                                     f"message {n}")
+    if isinstance(src, str) and src.startswith("data:"):
+        source = VideoSource(decode_data_url(src), limits, "video data URL")
+    elif isinstance(src, str) and resolve_url is not None:
+        source = VideoSource(resolve_url(src), limits, src[:80])
+    elif isinstance(src, (str, Path, bytes, bytearray)):
+        source = VideoSource(src, limits)
+    else:
+        raise InputError(f"message {n}: a video part needs a file path, URL or data URI in 'video' or "
+                         f"'video_url', got {'nothing' if src is None else type(src).__name__}")
+    return Video(source=source, options=options)

@@ -87,6 +87,7 @@ class Session:
         # mtmd still slices and tokenizes, and decodes the embeddings it returns
         self.encoder = encoder
         self._sources: dict[int, tuple[int, int]] = {}  # image chunk index -> (bitmap, chunk of that bitmap)
+        self._made: dict[str, object] = {}  # bitmap id -> its embed() (engine.Bitmap.embed), this prompt
         self._bitmaps: list[Bitmap] = []
         self._pixels: dict[int, list] = {}
         self.units: list[tuple] = []  # what the KV cache holds, in order
@@ -188,6 +189,13 @@ class Session:
         # tokens, not positions: under M-RoPE an image advances the position less than its token count
         return PrefillStats(sum(_n_tok(u) for u, _ in plan), evaluated, (time.perf_counter() - t0) * 1e3, encode_ms)
 
+    def count_tokens(self, text: str, bitmaps: list[Bitmap]) -> int:
+        """Prompt tokens of `text` with its images, laid out as prefill would, nothing evaluated."""
+        plan, chunks = self._plan(text, bitmaps)
+        if chunks is not None:
+            chunks.close()
+        return sum(_n_tok(u) for u, _ in plan)
+
     def _rewind(self, plan: list[tuple], keep: int) -> int:
         """Cut the cache back to `keep` units; returns how many units it really kept."""
         if keep >= len(self.units):
@@ -223,6 +231,7 @@ class Session:
         if self.vision is None:
             return [(("tok", t), None) for t in self.ctx.model.tokenize(text)], None
         chunks = self.vision.tokenize(text, bitmaps)
+        self._made = {bm.id: bm.embed for bm in bitmaps if bm.embed is not None and bm.id}
         plan: list[tuple] = []
         ordinal: dict[str, int] = {}
         for i in range(len(chunks)):
@@ -250,6 +259,13 @@ class Session:
         self._bitmaps, self._pixels = list(bitmaps), {}
 
     def _encode(self, chunks, idx: int) -> np.ndarray:
+        made = self._made.get(chunks.image_id(idx))
+        if made is not None:
+            embd = np.asarray(made(), dtype=np.float32)
+            want = (chunks.n_tokens(idx), self.ctx.model.n_embd)
+            if embd.shape != want:
+                raise MismatchError(f"video embeddings came out {list(embd.shape)}; mtmd's chunk needs {list(want)}")
+            return embd
         if self.encoder is None:
             return self.vision.encode_chunk(chunks[idx])
         b, k = self._sources[idx]
