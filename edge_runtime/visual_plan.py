@@ -30,6 +30,7 @@ from minicpmv_edge.errors import ContextOverflowError, GGUFError, InputError
 
 from .canvas_positions import Markers, canvas_positions
 from .processor_images import ImageLayout, ImageSpec, layout
+from .video_frames import layout as video_layout
 
 IMAGE, VIDEO = 1, 2
 
@@ -115,7 +116,8 @@ class VisualPlanner:
             bm = bitmaps[k]
             video = bool(bm.id and bm.id.endswith("/v"))
             spec = self.video_spec if video else self.image_spec
-            lay = layout(bm.rgb, spec)
+            # video frames follow the video processor (video_frames.py: torch's uint8 resize)
+            lay = (video_layout if video else layout)(bm.rgb, spec)
             kind = VIDEO if video else IMAGE
 
             def crop(c):

@@ -73,11 +73,11 @@ EDGE_VIDEO_MAX_SLICE = _NS + "video.max_slice_nums"  # u32 (1)
 EDGE_VIDEO_USE_IMAGE_ID = _NS + "video.use_image_id"  # bool (false)
 # the model's own video recipe (minicpmv_edge/video_facts.py, edge_runtime/video.py)
 EDGE_VIDEO_RECIPE = _NS + "video.recipe"  # str: "frames" | "packed" (4.5 3D resampler) | "stacked" (4.6 processor)
-EDGE_VIDEO_FPS = _NS + "video.fps"  # f32: default sampling rate (4.5 choose_fps; stacked: samples per second)
+EDGE_VIDEO_FPS = _NS + "video.fps"  # f64: default sampling rate (4.5 choose_fps; stacked: samples per second)
 EDGE_VIDEO_MAX_FRAMES = _NS + "video.max_frames"  # u32: MAX_NUM_FRAMES (4.5: packed groups) / max_num_frames
 EDGE_VIDEO_MAX_PACKING = _NS + "video.max_packing"  # u32: 4.5 MAX_NUM_PACKING (default 3)
 EDGE_VIDEO_PACKING_LIMIT = _NS + "video.packing_limit"  # u32: 4.5 valid packing range 1..6
-EDGE_VIDEO_TIME_SCALE = _NS + "video.time_scale"  # f32: 4.5 TIME_SCALE (0.1 s per temporal id)
+EDGE_VIDEO_TIME_SCALE = _NS + "video.time_scale"  # f64: 4.5 TIME_SCALE (0.1 s per temporal id)
 EDGE_VIDEO_STACK_FRAMES = _NS + "video.stack_frames"  # u32: 4.6 stack_frames default (1)
 EDGE_DOWNSAMPLE_MODE = _NS + "image.downsample_mode"  # str "16x"/"4x" (4.6 only; mmproj)
 EDGE_SMALL_IMAGE_UPSIZE = _NS + "image.small_image_upsize"  # str "always"/"never" (MiniCPM-OCR; absent: always)

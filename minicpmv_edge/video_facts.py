@@ -33,11 +33,11 @@ class VideoFacts:
 
     def write(self, w) -> None:
         w.add_string(schema.EDGE_VIDEO_RECIPE, self.recipe)
-        w.add_float32(schema.EDGE_VIDEO_FPS, float(self.fps))
+        w.add_float64(schema.EDGE_VIDEO_FPS, float(self.fps))
         w.add_uint32(schema.EDGE_VIDEO_MAX_FRAMES, self.max_frames)
         w.add_uint32(schema.EDGE_VIDEO_MAX_PACKING, self.max_packing)
         w.add_uint32(schema.EDGE_VIDEO_PACKING_LIMIT, self.packing_limit)
-        w.add_float32(schema.EDGE_VIDEO_TIME_SCALE, float(self.time_scale))
+        w.add_float64(schema.EDGE_VIDEO_TIME_SCALE, float(self.time_scale))  # f64: 0.1 exactly as the card
         w.add_uint32(schema.EDGE_VIDEO_STACK_FRAMES, self.stack_frames)
 
 
