@@ -83,9 +83,12 @@ class VideoSource:
             raise MediaError("file has no video stream", self.label)
         stream = streams[0]
         try:
-            stream.codec_context  # noqa: B018 - raises when the codec is missing
+            cc = stream.codec_context  # None (or an error, by PyAV version) when FFmpeg has no decoder
         except Exception as exc:  # noqa: BLE001 - PyAV raises several types here
             raise MediaError(f"no decoder for this video's codec ({exc})", self.label) from None
+        if cc is None:
+            tag = getattr(getattr(stream, "codec_tag", None), "strip", lambda: "")() or "unknown"
+            raise MediaError(f"no decoder for this video's codec ({tag})", self.label)
         return stream
 
     def _probe(self) -> VideoInfo:

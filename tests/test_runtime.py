@@ -107,14 +107,12 @@ def test_multi_image_few_shot_and_video(loaded, tmp_path):
     video = make_video(tmp_path / "clip.mp4", frames=12, fps=6)
     msgs = [{"role": "user", "content": [{"type": "video", "video": str(video), "fps": 2, "max_frames": 4},
                                          "Describe the video."]}]
-    prompt, bitmaps = m.build_prompt(normalize(msgs, m.limits),
-                                     False)
+    prompt, bitmaps = m.build_prompt(m.expand_videos(normalize(msgs, m.limits)), False)
     assert len(bitmaps) == 4
+    # video.use_image_id is off (the model cards' video calls); 4.6-style frames go back to back
+    assert "<image_id>" not in prompt
     if m.exact_images:
-        # MiniCPMV4_6Processor.replace_video_token: frames back to back, one image id per video
-        assert prompt.count("<image_id>") == 1 and "<image_id>0</image_id>" + m.vision.marker * 4 in prompt
-    else:
-        assert "<image_id>" not in prompt
+        assert m.vision.marker * 4 in prompt
     r = m.chat(msgs, **GREEDY)
     # one 448 slice per frame, no slicing: 4 x tokens_per_slice image positions at most
     assert r.usage["prompt_tokens"] <= 4 * (m.format.tokens_per_slice + 4) + 40

@@ -169,7 +169,7 @@ def _our_ids(m) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("opts", [{"fps": 3, "packing": 3}, {"fps": 2}, {"fps": 6, "packing": 6}])
+@pytest.mark.parametrize("opts", [{"fps": 3, "packing": 3}, {"fps": 2}, {"fps": 6, "packing": 6, "max_packing": 6}])
 def test_end_to_end_logits_match_the_reference(model, reference, tmp_path, opts):
     clip = _clip(tmp_path)
     msgs = [{"role": "user", "content": [dict(type="video", video=str(clip), **opts), "What happens?"]}]
@@ -184,7 +184,8 @@ def test_end_to_end_logits_match_the_reference(model, reference, tmp_path, opts)
     text = re.sub("(" + re.escape(model.vision.marker) + "\n?)+", "\n".join(["(<image>./</image>)"] * n_frames) + "\n",
                   prompt, count=1)
     src = VideoSource(clip)
-    plan = video_sampling.packed(src.info.n_frames, src.info.fps, opts["fps"], 180, 3, opts.get("packing"))
+    plan = video_sampling.packed(src.info.n_frames, src.info.fps, opts["fps"], 180, opts.get("max_packing", 3),
+                                 opts.get("packing"))
     assert [g.temporal_ids for g in groups] == plan.groups
     frames = [Image.fromarray(f) for f in src.frames(plan.indices)]
     inputs = reference.processor([text], [frames], max_slice_nums=1, use_image_id=False, temporal_ids=plan.groups,

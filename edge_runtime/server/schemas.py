@@ -37,7 +37,30 @@ class ImagePart(_Req):
     image_url: ImageURL
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+class VideoURL(_Req):
+    url: str = Field(description="data:video/<type>;base64,... always; http(s) with --allow-remote-media; "
+                                 "a path or file:// inside --media-dir")
+
+
+class VideoPart(_Req):
+    """A video, read with the model's own recipe (4.5: 3D-resampler packing; 4.6/4.7: stacked
+    frames); the options are extensions (docs/video.md), each left out takes the model's value."""
+
+    type: Literal["video_url"]
+    video_url: VideoURL
+    fps: Optional[float] = Field(None, description="extension: frames per second to sample (4.5: choose_fps; "
+                                                   "4.6/4.7/OCR: whole samples per second)")
+    max_frames: Optional[int] = Field(None, description="extension: the model card's MAX_NUM_FRAMES "
+                                                        "(4.5: packed groups; 4.6: main frames)")
+    packing: Optional[int] = Field(None, description="extension, 4.5: frames per 3D-resampler group (1-6)")
+    max_packing: Optional[int] = Field(None, description="extension, 4.5: MAX_NUM_PACKING (1-6)")
+    stack_frames: Optional[int] = Field(None, description="extension, 4.6/4.7/OCR: samples per second, "
+                                                          "sub-frames stacked into one picture")
+    mode: Optional[Literal["auto", "images"]] = Field(None, description="extension: \"images\" feeds every "
+                                                                        "sampled frame as a separate image")
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart, VideoPart], Field(discriminator="type")]
 
 
 class SystemMessage(_Req):

@@ -12,7 +12,8 @@ import sys
 
 CHAT_EXAMPLES = """examples:
   minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf --image cat.jpg -p "What is this?"
-  minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf --video clip.mp4 --fps 1 -p "Describe the video"
+  minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf --video clip.mp4 -p "Describe the video"
+  minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf --video clip.mp4 --fps 3 --packing 6 --max-packing 6 -p "What happens?"
   minicpmv-edge chat -m text.gguf --mmproj mmproj.gguf            # interactive: /help, /image PATH, /exit"""
 RUN_EXAMPLES = """examples:
   minicpmv-edge run out/v45 --image a.jpg --image b.jpg -p "Compare the two images"
@@ -20,13 +21,12 @@ RUN_EXAMPLES = """examples:
 
 
 def _common(p) -> None:
-    from ._common import add_load_flags, float_range, int_range
+    from ._common import add_load_flags
+
+    from .video_flags import add_video_flags
 
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image (repeatable)")
-    p.add_argument("--video", metavar="PATH", help="a video file; frames sampled with --fps, at most --max-frames")
-    p.add_argument("--fps", type=float_range(0.0, 240.0, lo_open=True), default=1.0,
-                   help="video frames per second to keep")
-    p.add_argument("--max-frames", type=int_range(1, 1024, "a frame count"), default=16, help="cap on video frames")
+    add_video_flags(p)
     p.add_argument("-p", "--prompt", help="one-shot prompt; without it, chat interactively")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--think", action="store_true", help="enable thinking (4.5, 4.6)")
@@ -116,11 +116,13 @@ def _json_result(r) -> dict:
     return d
 
 
-def _user_content(images, video, text, fps, max_frames):
+def _user_content(images, video, text, args):
+    from .video_flags import video_part
+
     # paths (one-shot --image) or images the interactive /image decoded and encoded already
     content = [{"type": "image", "image": p} if isinstance(p, str) else p for p in images]
     if video:
-        content.append({"type": "video", "video": video, "fps": fps, "max_frames": max_frames})
+        content.append(video_part(args, video))
     content.append(text)
     return content
 
@@ -137,8 +139,7 @@ def run(args) -> int:
     model = _load(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
-        messages.append({"role": "user", "content": _user_content(args.image, args.video, args.prompt,
-                                                                  args.fps, args.max_frames)})
+        messages.append({"role": "user", "content": _user_content(args.image, args.video, args.prompt, args)})
         r = _answer(model, messages, args, sys.stdout)
         if args.json:
             print(json.dumps(_json_result(r), ensure_ascii=False))

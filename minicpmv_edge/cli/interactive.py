@@ -121,8 +121,7 @@ def run(model, messages: list, args, answer, user_content) -> int:
                 continue
             if not line.strip():
                 continue
-            messages.append({"role": "user", "content": user_content(pending_images, pending_video, line,
-                                                                     args.fps, args.max_frames)})
+            messages.append({"role": "user", "content": user_content(pending_images, pending_video, line, args)})
             pending_images, pending_video = [], None
             try:
                 with _StopOnCtrlC(model) as stop:
