@@ -143,6 +143,6 @@ def _video(item: dict, n: int, limits: MediaLimits, resolve_url) -> Video:
     elif isinstance(src, (str, Path, bytes, bytearray)):
         source = VideoSource(src, limits)
     else:
-        raise InputError(f"message {n}: a video part needs a file path, URL or data URI in 'video' or "
-                         f"'video_url', got {'nothing' if src is None else type(src).__name__}")
+        raise InputError(f"message {n}: a video part needs a file path in 'video', got "
+                         f"{'nothing' if src is None else type(src).__name__} (or a URL in 'video_url')")
     return Video(source=source, options=options)

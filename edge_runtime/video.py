@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 
@@ -64,15 +65,14 @@ class VideoOptions:
                     raise InputError(f"{where}: mode must be one of {MODES}, got {value!r}")
                 out[key] = value
                 continue
-            kind, lo, hi = {"fps": (float, 0.0, 240.0), "max_frames": (int, 1, 4096), "packing": (int, 1, 6),
+            kind, lo, hi = {"fps": (float, 0.0, 240.0), "max_frames": (int, 1, 1024), "packing": (int, 1, 6),
                             "max_packing": (int, 1, 6), "stack_frames": (int, 1, 10)}[key]
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if ok and kind is int:
                 ok = float(value).is_integer()
-            if not ok or not (lo < float(value) <= hi if kind is float else lo <= value <= hi):
-                span = f"in ({lo:g}, {hi:g}]" if kind is float else f"in {lo}..{hi}"
-                raise InputError(f"{where}: {key} must be a {'number' if kind is float else 'whole number'} "
-                                 f"{span}, got {value!r}")
+            if not ok or not (lo < value <= hi if kind is float else lo <= value <= hi):
+                want = f"a number in ({lo:g}, {hi:g}]" if kind is float else f"an integer in {lo}..{hi}"
+                raise InputError(f"{where}: video {key} must be {want}, got {value!r:.40}")
             out[key] = kind(value)
         return cls(**out)
 

@@ -19,7 +19,9 @@ import numpy as np
 
 from minicpmv_edge.errors import MediaError
 
-from .media import MediaLimits
+from .media import MediaLimits, _check_file
+
+MAX_FILE_BYTES = 1 << 40  # frames are decoded one at a time: the file size itself needs no tight cap
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,7 @@ class VideoSource:
         else:
             self._bytes, self.path = None, Path(src)
             self.label = label or str(src)
-            if not self.path.is_file():
-                raise MediaError("video file does not exist", self.label)
+            _check_file(self.path, MAX_FILE_BYTES, "video", self.label)  # regular file, not a device or FIFO
             if self.path.stat().st_size == 0:
                 raise MediaError("video file is empty (zero bytes)", self.label)
         self.info = self._probe()

@@ -48,7 +48,7 @@ def test_verbose_before_and_after_the_subcommand(name):
 
 def test_help_shows_defaults():
     text = _sub("chat").format_help()
-    for needle in ("(default: 4096)", "(default: 512)", "(default: 16)", "(default: 1.0)"):
+    for needle in ("(default: 4096)", "(default: 512)", "(default: auto)", "(default: 1.0)"):  # video: the model's
         assert needle in text, needle
     assert "(default: None)" not in text and "(default: False)" not in text
     assert "(default: 8080)" in _sub("serve").format_help()

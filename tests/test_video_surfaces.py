@@ -94,11 +94,11 @@ def test_options_are_checked_per_model(res, clip, store):
     try:
         with pytest.raises(InputError, match="stack_frames applies to the 4.6"):
             m.chat([_video(clip, stack_frames=3)], max_tokens=1)
-        with pytest.raises(InputError, match="max_packing must be a whole number in 1..6, got 7"):
+        with pytest.raises(InputError, match="video max_packing must be an integer in 1..6, got 7"):
             normalize([_video(clip, max_packing=7)], m.limits)
         with pytest.raises(InputError, match="unknown video option 'speed'"):
             normalize([_video(clip, speed=2)], m.limits)
-        with pytest.raises(InputError, match="packing must be a whole number"):
+        with pytest.raises(InputError, match="video packing must be an integer in 1..6"):
             normalize([_video(clip, packing=2.5)], m.limits)
     finally:
         m.close()

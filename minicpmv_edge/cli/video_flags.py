@@ -18,7 +18,7 @@ def add_video_flags(p) -> None:
     p.add_argument("--fps", type=float_range(0.0, 240.0, lo_open=True), default=None,
                    help="frames per second to sample (4.5: choose_fps, default 3; 4.6/4.7/OCR: whole samples per "
                         "second = --stack-frames; 2.6/4.0: default 1)")
-    p.add_argument("--max-frames", type=int_range(1, 4096, "a frame count"), default=None,
+    p.add_argument("--max-frames", type=int_range(1, 1024, "a frame count"), default=None,
                    help="the model card's MAX_NUM_FRAMES: 4.5 packed groups (default 180), 4.6 main frames (128), "
                         "2.6/4.0 frames (64); fewer when the context is smaller")
     p.add_argument("--packing", type=int_range(1, 6, "frames per group"), default=None,
