@@ -212,11 +212,11 @@ HEADER_PRINTED = False
 def _print_row(row: dict, ctx: int) -> None:
     global HEADER_PRINTED
     if not HEADER_PRINTED:
-        print(f"{'config':34} {'frames':>6} {'units':>5} {'prompt tok':>10} {'left':>6} {'TTFT ours':>10} "
+        print(f"{'config':34} {'frames':>6} {'units':>5} {'tokens':>10} {'left':>6} {'TTFT ours':>10} "
               f"{'TTFT anchor':>11} {'ratio':>6}  detail")
         HEADER_PRINTED = True
     o, an = row.get("ours"), row.get("anchor")
-    tok = o["prompt_tokens"] if o else row["video_tokens"]
+    tok = o["prompt_tokens"] if o else row["video_tokens"]  # the whole prompt when run, else the video's
     left = ctx - tok
     t_o = f"{o['ttft_ms'] / 1e3:9.1f}s" if o else "-"
     t_a = f"{an['ttft_ms'] / 1e3:10.1f}s" if an else "-"

@@ -41,8 +41,9 @@ class PackedPlan:
 
 def nearest_time_ids(times: np.ndarray, duration: float, time_scale: float) -> np.ndarray:
     """Each time snapped to np.arange(0, duration, time_scale), divided by time_scale, int32."""
-    from scipy.spatial import cKDTree
+    from minicpmv_edge.extras import need
 
+    cKDTree = need("scipy.spatial", "video", "MiniCPM-V 4.5 video").cKDTree
     scale = np.arange(0, duration, time_scale)
     if len(scale) == 0:
         scale = np.zeros(1)

@@ -17,7 +17,7 @@ from .errors import MissingExtraError
 # extra -> (import name, pip name) of every module it provides that the code imports
 EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "runtime": (("llama_cpp", "llama-cpp-python"), ("PIL", "pillow")),
-    "video": (("av", "PyAV"),),
+    "video": (("av", "PyAV"), ("scipy", "scipy")),
     "server": (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("pydantic", "pydantic")),
     "fixtures": (("torch", "torch"), ("transformers", "transformers"), ("tokenizers", "tokenizers"),
                  ("safetensors", "safetensors")),
