@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -109,9 +109,7 @@ def convert(
             w.add_file_type(FILE_TYPE[qtype])
             plan.add_text_metadata(w)
             _add_edge_keys(w, fam, src)
-            w.add_string(schema.EDGE_PROJECTOR_TYPE, plan.projector_type)
-            w.add_int32(schema.EDGE_PROJECTOR_VERSION, plan.projector_version)
-            plan.facts.write(w)
+            replace(plan.facts, projector_type=plan.projector_type, projector_version=plan.projector_version).write(w)
             video_facts.for_family(fam.name).write(w)
 
         def mm_meta(w: GGUFWriter) -> None:

@@ -27,7 +27,7 @@ from . import engine
 from .engine import Bitmap, Context, Model, Vision
 from .media import Image, MediaLimits
 from .messages import Turn, Video, normalize
-from .prompt import PromptFormat
+from .prompt import PromptFormat, RenderedPrompt
 from .generate import GenerateOptions, generate
 from .grammar import resolve as resolve_grammar
 from .results import ChatResult, Piece, Timings  # noqa: F401  (public names of this module)
@@ -59,12 +59,13 @@ class MiniCPMV:
         t0 = time.perf_counter()
         opts = _merge(options or LoadOptions(), overrides)
         info, mm_info = check_pair(model, mmproj) if mmproj else (read_info(model), None)
+        self.format = PromptFormat.from_gguf(info, mm_info)  # family facts + chat template, before llama.cpp
         # ranges, GPU availability, the KV cache against free memory; -c 0 = the training context
         self.options = opts = replace(opts, n_ctx=resolve_n_ctx(opts, info))
-        self.format = PromptFormat.from_gguf(info)
         self.limits = MediaLimits(max_pixels=opts.image_max_pixels)
         threads = opts.n_threads or engine.physical_cores()
         self.model = Model(str(model), n_gpu_layers=opts.n_gpu_layers, use_mmap=opts.use_mmap)
+        self.format.template.special_tokens.update(self.model.special_tokens())  # bos_token, eos_token, ...
         # the merger families (4.6, OCR, 4.7) lay images out as transformers' processors do and
         # encode the crops themselves (visual_plan.py); the resampler families go through mtmd
         self.exact_images = mm_info is not None and mm_info.get(schema.CLIP_PROJECTOR_TYPE) == schema.PROJECTOR_MINICPMV4_6
@@ -168,45 +169,27 @@ class MiniCPMV:
         return ids if len(ids) == 1 else []
 
     # --- prompt -------------------------------------------------------------
-    def build_prompt(self, turns: list[Turn], enable_thinking: bool) -> tuple[str, list[Bitmap]]:
-        if enable_thinking and not self.format.thinking_supported:
-            raise InputError(f"{self.format.family} has no thinking mode")
+    def render(self, turns: list[Turn], enable_thinking: bool | None = False, tools=None,
+               **template_kwargs) -> tuple[RenderedPrompt, list[Bitmap]]:
+        """The prompt from the model's own chat template (prompt.py), and one bitmap per media marker."""
         if any(not isinstance(p, str) for t in turns for p in t.parts) and self.vision is None:
             raise InputError("this model was loaded without an mmproj; images need one")
-        fmt, marker = self.format, (self.vision.marker if self.vision else "")
-        out: list[str] = []
-        bitmaps: list[Bitmap] = []
-        if turns[0].role != "system" and fmt.default_system:
-            out.append(fmt.turn("system", fmt.default_system))
-        image_index = video_index = 0
-        for turn in turns:
-            pieces = []
-            for part in turn.parts:
-                if isinstance(part, str):
-                    pieces.append(part)
-                elif isinstance(part, Image):
-                    pieces.append(fmt.image_placeholder(marker, image_index))
-                    rgb = part.rgb if self.exact_images else self._fit_slices(part.rgb, self._max_slices())
-                    bitmaps.append(Bitmap(rgb, part.digest))
-                    image_index += 1
-                elif isinstance(part, Video):
-                    frames = []
-                    for f in part.frames:  # units (video.py): unsliced, no image id per frame
-                        frames.append(fmt.image_placeholder(marker, 0, use_id=False))
-                        rgb = f.rgb if self.exact_images else self._fit_slices(f.rgb, fmt.video_max_slice_nums)
-                        bitmaps.append(Bitmap(rgb, f.digest + "/v", embed=getattr(f, "embed", None)))
-                    if self.exact_images:
-                        # MiniCPMV4_6Processor.replace_video_token: frames back to back; an id before the
-                        # video only with video.use_image_id (the 4.6 model card's video call: off)
-                        use_id = self.video_use_image_id and not self.session.planner.canvas
-                        prefix = fmt.image_placeholder("", video_index) if use_id else ""
-                        pieces.append(prefix + "".join(frames))
-                        video_index += 1
-                    else:
-                        pieces.append(fmt.separator.join(frames))
-            out.append(fmt.turn(turn.role, fmt.separator.join(pieces)))
-        out.append(fmt.generation_prefix(enable_thinking))
-        return "".join(out), bitmaps
+        marker = self.vision.marker if self.vision else ""
+        rendered = self.format.render(turns, marker, enable_thinking, tools, **template_kwargs)
+        bitmaps = []
+        for m in rendered.media:
+            # exact-image families slice as their processor does (visual_plan.py); mtmd's get shrunk
+            # to the slice cap; video frames: no slicing (model cards' video recipe)
+            cap = self.format.video_max_slice_nums if m.frame else self._max_slices()
+            rgb = m.image.rgb if self.exact_images else self._fit_slices(m.image.rgb, cap)
+            bitmaps.append(Bitmap(rgb, m.image.digest + ("/v" if m.frame else ""),
+                                  embed=getattr(m.image, "embed", None) if m.frame else None))
+        return rendered, bitmaps
+
+    def build_prompt(self, turns: list[Turn], enable_thinking: bool | None = False, tools=None,
+                     **template_kwargs) -> tuple[str, list[Bitmap]]:
+        rendered, bitmaps = self.render(turns, enable_thinking, tools, **template_kwargs)
+        return rendered.text, bitmaps
 
     def _max_slices(self) -> int:
         return min(self.options.max_slices or self.format.max_slice_nums, self.format.max_slice_nums)
@@ -232,7 +215,7 @@ class MiniCPMV:
         return np.asarray(PILImage.fromarray(rgb).resize((nw, nh), PILImage.BICUBIC))
 
     # --- chat ---------------------------------------------------------------
-    def chat(self, messages, *, stream: bool = False, enable_thinking: bool = False,
+    def chat(self, messages, *, stream: bool = False, enable_thinking: bool | None = False,
              max_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
              top_p: float | None = None, min_p: float | None = None, typical_p: float | None = None,
              repeat_penalty: float | None = None, repeat_last_n: int | None = None,
@@ -241,7 +224,8 @@ class MiniCPMV:
              logit_bias: dict | list | None = None, ignore_eos: bool = False,
              grammar: str | None = None, json_schema: dict | str | None = None, response_format: dict | None = None,
              logprobs: bool = False, top_logprobs: int = 0,
-             reasoning_format: str = "auto", thinking_budget: int = -1, thinking_budget_message: str = ""):
+             reasoning_format: str = "auto", thinking_budget: int = -1, thinking_budget_message: str = "",
+             chat_template_kwargs: dict | None = None):
         """Answer the conversation `messages`; a ChatResult, or with stream=True an iterator of Pieces
         (then `last_result` holds the ChatResult once it is exhausted).
 
@@ -253,7 +237,10 @@ class MiniCPMV:
         per-token log-probabilities in the result (and in each Piece). With `enable_thinking`:
         `reasoning_format` "auto"/"deepseek" separates the thought, "none" leaves it in the text;
         `thinking_budget=N` closes the thought after N tokens (`thinking_budget_message` goes before
-        the closing tag)."""
+        the closing tag). `enable_thinking` True/False as the model cards' chat() passes it; None
+        leaves it undefined for the chat template (its own default). `chat_template_kwargs` reach the
+        template as variables (as with transformers' apply_chat_template; `enable_thinking` among
+        them wins)."""
         given = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                      typical_p=typical_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
                      presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed)
@@ -272,11 +259,13 @@ class MiniCPMV:
         # a list of Turns was normalized already (the server decodes images before queueing)
         turns = list(messages) if messages and all(isinstance(m, Turn) for m in messages) \
             else normalize(messages, self.limits)
+        kwargs = dict(chat_template_kwargs or {})
+        enable_thinking = kwargs.pop("enable_thinking", enable_thinking)
         turns = self.expand_videos(turns, enable_thinking, reserve=sampling.max_tokens)
-        prompt, bitmaps = self.build_prompt(turns, enable_thinking)
-        fmt = self.format
-        tail = (fmt.thinking_prefix_on if enable_thinking else fmt.thinking_prefix_off) if fmt.thinking_supported else ""
-        gen = generate(self, prompt, bitmaps, opts, in_think=bool(enable_thinking) and fmt.thinking_supported, tail=tail)
+        rendered, bitmaps = self.render(turns, enable_thinking, **kwargs)
+        # the rendered prompt says whether the model starts inside <think> and which end of it the
+        # next turn's history drops (session.py snapshots recurrent state before that tail)
+        gen = generate(self, rendered.text, bitmaps, opts, in_think=rendered.in_think, tail=rendered.tail)
         if stream:
             return gen
         for _ in gen:

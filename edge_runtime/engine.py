@@ -167,6 +167,17 @@ class Model:
             n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
 
+    def special_tokens(self) -> dict[str, str]:
+        """bos/eos/unk/pad token texts, as transformers hands them to chat templates."""
+        L = _llama()
+        out = {}
+        for name, fn in (("bos_token", L.llama_vocab_bos), ("eos_token", L.llama_vocab_eos),
+                         ("pad_token", L.llama_vocab_pad)):
+            tok = int(fn(self.vocab))
+            if 0 <= tok < self.n_vocab:
+                out[name] = self.piece(tok).decode("utf-8", "replace")
+        return out
+
     def is_eog(self, token: int) -> bool:
         return bool(_llama().llama_vocab_is_eog(self.vocab, token))
 

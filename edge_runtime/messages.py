@@ -23,6 +23,8 @@ from .video import VideoOptions
 from .video_source import VideoSource
 
 ROLES = ("system", "user", "assistant")
+# message keys handed to the chat template as they are (transformers aliases the three reasoning names)
+PASS_THROUGH = ("reasoning_content", "thinking", "reasoning")
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Video:
 class Turn:
     role: str
     parts: list[Any] = field(default_factory=list)  # str | Image | Video
+    extra: dict = field(default_factory=dict)  # other message keys the chat template reads (PASS_THROUGH)
 
 
 def _is_pil(x) -> bool:
@@ -74,7 +77,10 @@ def normalize(messages, limits: MediaLimits, resolve_url: Callable[[str], Any] |
         items = [content] if isinstance(content, str) or content is None else content
         if not isinstance(items, (list, tuple)):
             items = [items]
-        turn = Turn(role)
+        turn = Turn(role, extra={k: msg[k] for k in PASS_THROUGH if msg.get(k) is not None})
+        for k, v in turn.extra.items():
+            if not isinstance(v, str):
+                raise InputError(f"message {n}: {k!r} must be a string")
         for item in items:
             if item is None:
                 continue

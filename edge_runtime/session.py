@@ -94,8 +94,9 @@ class Session:
         self._committed = 0  # ctx.n_past right after the last unit was recorded (see _resync)
         self.counters = Counters()
         # models whose memory cannot be cut back (recurrent layers) keep one snapshot (the context's
-        # spare sequence), taken just before the assistant's generation prefix: where the next
-        # turn's prompt diverges. These are the units it holds.
+        # spare sequence), taken just before the prompt's generation-only tail (prompt.py RenderedPrompt.tail: the
+        # thinking prefix the template drops from past answers): where the next turn's prompt
+        # diverges. These are the units it holds.
         self._snapshot_units: list[tuple] | None = None
 
     def reset(self) -> None:
@@ -157,7 +158,8 @@ class Session:
         """Make the KV cache hold exactly `text` (with images at the markers); logits ready.
 
         `tail`: the generation-only end of `text` (e.g. a thinking prefix) that the next
-        turn's history will not repeat; recurrent models snapshot their state before it."""
+        turn's history will not repeat; recurrent models snapshot their state before it
+        (at the end of the prompt when the tail is empty)."""
         t0 = time.perf_counter()
         problem = self.consistency_problem()
         if problem:  # never expected; a clean cache beats answering from a corrupt one
@@ -172,11 +174,11 @@ class Session:
                 keep -= 1
             keep = self._rewind(plan, keep)
             self.counters.prompt_tokens_reused += sum(_n_tok(u) for u, _ in plan[:keep])
-            n_tail = self._tail_units(plan, tail)
-            if n_tail and not self.ctx.model.can_truncate and keep < len(plan) - n_tail:
-                evaluated, encode_ms = self._evaluate(plan[keep:len(plan) - n_tail], chunks)
+            cut = len(plan) - self._tail_units(plan, tail)
+            if not self.ctx.model.can_truncate and keep <= cut:  # (at the end when the tail is empty)
+                evaluated, encode_ms = self._evaluate(plan[keep:cut], chunks)
                 self._take_snapshot()
-                more, more_ms = self._evaluate(plan[len(plan) - n_tail:], chunks)
+                more, more_ms = self._evaluate(plan[cut:], chunks)
                 evaluated, encode_ms = evaluated + more, encode_ms + more_ms
             else:
                 evaluated, encode_ms = self._evaluate(plan[keep:], chunks)

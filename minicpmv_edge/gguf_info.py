@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import gguf_layout, schema
-from .errors import GGUFError, MismatchError
+from . import gguf_layout, model_facts, schema
+from .errors import GGUFError, MismatchError, UnsupportedModelError
 
 GGUF_MAGIC = b"GGUF"
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -153,6 +153,37 @@ def mmproj_out_dim(mm: GGUFInfo) -> int | None:
     return mm.get(schema.CLIP_PROJECTION_DIM)
 
 
+def facts_of(text: GGUFInfo, mm: GGUFInfo | None = None) -> tuple[model_facts.ModelFacts, bool]:
+    """The one detection, for `inspect` and the runtimes: our minicpmv_edge.* keys when the file
+    has them, else the family recognised from llama.cpp's standard keys (model_facts.detect).
+    Returns (facts, whether the file carries our keys)."""
+    n_vocab = text.array_lengths.get("tokenizer.ggml.tokens")
+    try:
+        return model_facts.from_gguf(text.kv, n_vocab, mm.kv if mm is not None else None)
+    except UnsupportedModelError as exc:
+        raise GGUFError(exc.problem, text.path) from None
+
+
+def family_label(text: GGUFInfo, mm: GGUFInfo | None = None) -> str:
+    """`minicpmv-4.6 (minicpmv_edge.* keys)` / `... (detected from standard keys)` / why not."""
+    try:
+        facts, ours = facts_of(text, mm)
+    except GGUFError as exc:
+        return f"unknown ({exc.problem})"
+    return f"{facts.family} ({'minicpmv_edge.* keys' if ours else 'detected from standard keys'})"
+
+
+def _expected_projector(text: GGUFInfo) -> tuple[str | None, int]:
+    """The projector type/version the text model needs: from our keys, else from its family."""
+    if schema.EDGE_PROJECTOR_TYPE in text.kv:
+        return text.get(schema.EDGE_PROJECTOR_TYPE), int(text.get(schema.EDGE_PROJECTOR_VERSION) or 0)
+    try:
+        f = model_facts.detect(text.kv, text.array_lengths.get("tokenizer.ggml.tokens"))
+    except UnsupportedModelError:
+        return None, 0
+    return f.projector_type, f.projector_version
+
+
 def pair_problems(text: GGUFInfo, mm: GGUFInfo) -> list[str]:
     """Everything that makes `mm` unusable with `text`, in words; empty when they fit."""
     problems: list[str] = []
@@ -180,10 +211,9 @@ def pair_problems(text: GGUFInfo, mm: GGUFInfo) -> list[str]:
             problems.append("clip.vision.projector.scale_factor is missing or not UINT32 (llama.cpp would abort)")
         if mm.array_types.get(schema.CLIP_WA_LAYER_INDEXES_I32) != 5:  # INT32 array
             problems.append("clip.vision.wa_layer_indexes is missing or not an INT32 array (llama.cpp would abort)")
-    want_type = text.get(schema.EDGE_PROJECTOR_TYPE)
+    want_type, want_version = _expected_projector(text)
     if want_type is not None and ptype != want_type:
         problems.append(f"text model expects a {want_type!r} projector, got {ptype!r}")
-    want_version = text.get(schema.EDGE_PROJECTOR_VERSION)
     if want_version and version is not None and int(version) != int(want_version):
         problems.append(f"text model expects projector version {want_version}, got {version}")
     tf, mf = text.get(schema.EDGE_FAMILY), mm.get(schema.EDGE_FAMILY)

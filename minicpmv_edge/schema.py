@@ -44,8 +44,14 @@ EDGE_PROJECTOR_TYPE = _NS + "projector_type"  # str, what the matching mmproj mu
 EDGE_PROJECTOR_VERSION = _NS + "projector_version"  # i32, clip.minicpmv_version it must carry (0: none)
 EDGE_SOURCE = _NS + "source"  # str, checkpoint directory name
 
-# prompt format: chatml-style turns, assembled by the runtimes
+# prompt: the chat template (tokenizer.chat_template) decides; these carry what it does not
+# (minicpmv_edge/model_facts.py names the consumer of each)
+EDGE_PROMPT_CONTENT_FORM = _NS + "prompt.content_form"  # str: "text" (parts joined by "\n") | "parts"
+EDGE_PROMPT_IMAGE_PLACEHOLDER = _NS + "prompt.image_placeholder"  # str: one image in the rendered template
+EDGE_PROMPT_VIDEO_PLACEHOLDER = _NS + "prompt.video_placeholder"  # str: one video ("": frames are images)
+# the template as plain facts for the C bridge, which cannot run jinja
 EDGE_PROMPT_FORMAT = _NS + "prompt.format"  # str: "chatml"
+EDGE_PROMPT_TRIM_CONTENT = _NS + "prompt.trim_content"  # bool: message text is |trim-med (4.6)
 EDGE_PROMPT_TURN_PREFIX = _NS + "prompt.turn_prefix"  # str with {role}: "<|im_start|>{role}\n"
 EDGE_PROMPT_TURN_SUFFIX = _NS + "prompt.turn_suffix"  # str: "<|im_end|>\n"
 EDGE_PROMPT_DEFAULT_SYSTEM = _NS + "prompt.default_system"  # str ("" = no system turn)
@@ -61,7 +67,7 @@ EDGE_THINK_PREFIX_ON = _NS + "thinking.prefix_on"  # str
 EDGE_THINK_PREFIX_OFF = _NS + "thinking.prefix_off"  # str
 EDGE_THINK_OPEN = _NS + "thinking.open_tag"  # str "<think>"
 EDGE_THINK_CLOSE = _NS + "thinking.close_tag"  # str "</think>"
-EDGE_THINK_STRIP_HISTORY = _NS + "thinking.strip_history"  # bool: drop past thinking from history
+EDGE_THINK_STRIP_HISTORY = _NS + "thinking.strip_history"  # bool: turns before the last user query lose <think>
 
 # images
 EDGE_SLICE_MODE = _NS + "image.slice_mode"  # bool

@@ -13,7 +13,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q, GGUFReader, GGUFValueType
 
 from minicpmv_edge.convert.safetensors_reader import Checkpoint
-from minicpmv_edge import schema
+from minicpmv_edge import model_facts, schema
 from minicpmv_edge.gguf_info import check_pair, read_info
 
 RESAMPLER_FAMILIES = ["minicpmv-2.6", "minicpmv-4.0", "minicpmv-4.5"]
@@ -81,9 +81,12 @@ def test_text_vocab_and_metadata(store, family):
     assert info.get("tokenizer.ggml.pre") == pre
     assert info.get(schema.EDGE_FAMILY) == family
     assert info.get("tokenizer.chat_template")
-    for key in schema.EDGE_KEYS:
-        if key not in (schema.EDGE_DOWNSAMPLE_MODE,):
-            assert key in info.kv, key
+    # every per-family fact (minicpmv_edge/model_facts.py) is written; the family-specific extras
+    # (downsample mode, canvas ids, OCR upsizing) are checked by their families' tests
+    for key, _ in model_facts.KEYS.values():
+        assert key in info.kv, key
+    for key in (schema.EDGE_SCHEMA_VERSION, schema.EDGE_TOOL_VERSION, schema.EDGE_SOURCE, schema.EDGE_PROMPT_FORMAT):
+        assert key in info.kv, key
     check_pair(res.text_path, res.mmproj_path)
     manifest = json.loads((res.text_path.parent / "manifest.json").read_text())
     assert manifest["family"] == family and manifest["text"] == res.text_path.name

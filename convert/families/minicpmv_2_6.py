@@ -15,4 +15,4 @@ class MiniCPMV26(ResamplerFamily):
     projector_version = 3
 
     def facts(self, config, preproc):
-        return slice_facts(config, preproc, thinking_supported=False, stop=("<|im_end|>", "<|endoftext|>"))
+        return slice_facts(self.name, config, preproc)

@@ -43,7 +43,7 @@ class MiniCPMV40(ResamplerFamily):
         return [PlannedTensor("rope_freqs.weight", factors.shape, GGMLQuantizationType.F32, lambda: factors)]
 
     def facts(self, config, preproc):
-        return slice_facts(config, preproc, thinking_supported=False, stop=("<|im_end|>", "</s>"))
+        return slice_facts(self.name, config, preproc)
 
 
 def _longrope_factors(rs: dict, spec: TextSpec) -> np.ndarray:

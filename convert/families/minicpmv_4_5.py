@@ -18,6 +18,4 @@ class MiniCPMV45(ResamplerFamily):
     projector_version = 6  # clip.cpp:4175-4176 calls 6 "MiniCPM-V 4.5"
 
     def facts(self, config, preproc):
-        # Qwen3-style hybrid thinking: an empty think block turns it off.
-        return slice_facts(config, preproc, thinking_supported=True, thinking_prefix_on="<think>\n",
-                           thinking_prefix_off="<think>\n\n</think>\n\n", stop=("<|im_end|>", "<|endoftext|>"))
+        return slice_facts(self.name, config, preproc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minicpmv_edge import schema
+from minicpmv_edge import model_facts, schema
 from minicpmv_edge.errors import CheckpointError
 
 from ..merger_mmproj import MergerVisionHParams, add_merger_mmproj_metadata, plan_merger_mmproj
@@ -37,18 +37,8 @@ class MiniCPMV46(Family):
     def facts(self, preproc: dict, vhp: MergerVisionHParams) -> RuntimeFacts:
         scale = int(preproc.get("scale_resolution", vhp.image_size))
         patch = int(preproc.get("patch_size", vhp.patch_size))
-        return RuntimeFacts(
-            thinking_supported=True,
-            thinking_prefix_on="<think>\n",
-            thinking_prefix_off="<think>\n\n</think>\n\n",
-            stop=("<|im_end|>", "<|endoftext|>"),
-            use_image_id=bool(preproc.get("use_image_id", True)),
-            slice_mode=bool(preproc.get("slice_mode", True)),
-            max_slice_nums=int(preproc.get("max_slice_nums", 9)),
-            scale_resolution=scale,
-            patch_size=patch,
-            tokens_per_slice=(scale // patch) ** 2 // TOKEN_DIVISOR[vhp.downsample_mode],
-        )
+        return model_facts.from_checkpoint(self.name, preproc, {}, scale_resolution=scale, patch_size=patch,
+                                           tokens_per_slice=(scale // patch) ** 2 // TOKEN_DIVISOR[vhp.downsample_mode])
 
     def text_hparams(self, text_cfg: dict, src: Path):
         """(Qwen35HParams, MoE hparams or None); 4.7 overrides it for its MoE text variant."""

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from gguf import MODEL_ARCH
 
-from minicpmv_edge import schema
+from minicpmv_edge import model_facts, schema
 
 from ..resampler_mmproj import VisionHParams, add_resampler_mmproj_metadata, plan_resampler_mmproj
 from ..safetensors_reader import Checkpoint
@@ -68,14 +68,6 @@ class ResamplerFamily(Family):
                               self.projector_version, facts, used_t | used_v)
 
 
-def slice_facts(config: dict, preproc: dict, **kw) -> RuntimeFacts:
-    sc = config.get("slice_config") or {}
-    return RuntimeFacts(
-        use_image_id=bool(preproc.get("use_image_id", config.get("use_image_id", True))),
-        slice_mode=bool(config.get("slice_mode", True)),
-        max_slice_nums=int(preproc.get("max_slice_nums", sc.get("max_slice_nums", 9))),
-        scale_resolution=int(preproc.get("scale_resolution", sc.get("scale_resolution", 448))),
-        patch_size=int(config.get("patch_size", sc.get("patch_size", 14))),
-        tokens_per_slice=int(config.get("query_num", 64)),
-        **kw,
-    )
+def slice_facts(family: str, config: dict, preproc: dict) -> RuntimeFacts:
+    """The family's shared record with this checkpoint's slice settings and query count."""
+    return model_facts.from_checkpoint(family, preproc, config, tokens_per_slice=int(config.get("query_num", 64)))

@@ -50,12 +50,11 @@ def plan(body, model, config) -> Plan:
     thinking = template_kwargs.pop("enable_thinking", False)
     if not isinstance(thinking, bool):
         raise FieldError("chat_template_kwargs.enable_thinking", "must be true or false")
-    if template_kwargs:
-        raise FieldError("chat_template_kwargs", f"unsupported key(s) {sorted(template_kwargs)}; "
-                                                 "only enable_thinking is implemented")
     if thinking and not model.format.thinking_supported:
         raise FieldError("chat_template_kwargs", f"{model.format.family} has no thinking mode")
     kw["enable_thinking"] = thinking
+    if template_kwargs:  # every other key reaches the model's chat template as a variable (as transformers')
+        kw["chat_template_kwargs"] = template_kwargs
     max_tokens = body.max_completion_tokens or body.max_tokens or min(config.default_max_tokens,
                                                                       config.max_tokens_limit)
     if max_tokens > config.max_tokens_limit:

@@ -52,7 +52,7 @@ LABELS = {"architecture": "architecture", "tensors": "tensors", "general.name": 
           "tokenizer.ggml.pre": "pre-tokenizer", "vocab_size": "vocabulary (tokens)",
           "embedding_length": "embedding width", "block_count": "layers", "context_length": "training context (tokens)",
           "minicpmv_edge.image.positions": "image positions", "minicpmv_edge.image.small_image_upsize": "small images",
-          "minicpmv_edge.image.downsample_mode": "downsample mode"}
+          "minicpmv_edge.image.downsample_mode": "downsample mode", "detected_family": "runtime detects"}
 
 
 def human_bytes(n: int) -> str:
@@ -96,7 +96,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from minicpmv_edge.errors import InputError
-    from minicpmv_edge.gguf_info import pair_problems, read_info
+    from minicpmv_edge.gguf_info import family_label, pair_problems, read_info
     from minicpmv_edge.manifest import Manifest
 
     files = list(args.files)
@@ -107,6 +107,10 @@ def run(args) -> int:
         raise InputError("give one file, or a text model and its mmproj")
     infos = [read_info(f) for f in files]
     out = {"files": [describe(i) for i in infos]}
+    texts = [i for i in infos if not i.is_mmproj]
+    mms = [i for i in infos if i.is_mmproj]
+    if texts:  # the runtime's own detection: our keys, or llama.cpp's standard keys
+        out["files"][infos.index(texts[0])]["detected_family"] = family_label(texts[0], mms[0] if mms else None)
     if len(infos) == 2:
         text, mm = infos if not infos[0].is_mmproj else infos[::-1]
         problems = pair_problems(text, mm)

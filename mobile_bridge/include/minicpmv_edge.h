@@ -14,9 +14,12 @@
  * calling a 0.2 function through a dynamically loaded library).
  *
  * Prompt format: nothing model-specific lives here or in the wrappers. The
- * chat turns, thinking prefixes, stop strings and image-id template are read
- * from the text GGUF's `minicpmv_edge.*` metadata (docs/gguf-metadata.md),
- * the same keys edge_runtime/prompt.py reads, so all runtimes agree.
+ * prompt is the model's own chat template; the bridge cannot run jinja, so it
+ * renders the template from plain facts in the text GGUF's `minicpmv_edge.*`
+ * metadata (docs/gguf-metadata.md: turns, trimming, thinking prefixes, past
+ * answers losing their <think> block, stop strings, image ids), or for a GGUF
+ * written by another tool from the family recognised by its standard keys.
+ * Tests pin the bytes to the jinja rendering the Python runtime uses.
  *
  * Ownership:
  *  - Every `const char *` argument is read during the call only (copied if kept).
@@ -148,7 +151,11 @@ MCV_API const char *mcv_session_errmsg(const mcv_session *session);
  * a new one. Images always belong to a user turn (one is opened if needed),
  * and are preceded by `<image_id>N</image_id>` when the model uses ids
  * (N counts images from 0 per conversation). Model-card order [image,
- * "question"] = add_image then add_text(USER, "question"). */
+ * "question"] = add_image then add_text(USER, "question"). As the chat
+ * templates require: a system text only first (else MCV_ERR_INVALID_ARG);
+ * an assistant turn (given or generated) is rendered as the template renders
+ * past answers once the next message comes (4.5 / 4.6: without the thinking
+ * prefix and <think> block; the KV cache is cut back to the answer's start). */
 MCV_API int mcv_session_add_text(mcv_session *session, mcv_role role, const char *utf8);
 MCV_API int mcv_session_end_turn(mcv_session *session); /* close the open turn explicitly */
 
@@ -161,7 +168,7 @@ MCV_API int mcv_session_add_image_rgb(mcv_session *session, const uint8_t *rgb,
                                       int32_t width, int32_t height, int32_t stride);
 
 /* Thinking: appends the GGUF's thinking.prefix_on/off after the assistant
- * prefix. MCV_ERR_UNSUPPORTED (state unchanged) when enabling on a model
+ * prefix (generation needs a user turn last: else MCV_ERR_STATE). MCV_ERR_UNSUPPORTED (state unchanged) when enabling on a model
  * without thinking.supported. Default: the GGUF's thinking.default. */
 MCV_API int mcv_session_set_thinking(mcv_session *session, int32_t enabled);
 
@@ -304,7 +311,8 @@ MCV_API int mcv_session_stats(const mcv_session *session, mcv_stats *out);
  * pending; images appear as mtmd's media marker). With
  * with_generation_prefix != 0 the assistant prefix a generate() would add is
  * appended (without changing the session). For tests and debugging: it
- * equals edge_runtime.prompt.PromptFormat's rendering of the same turns.
+ * equals the jinja rendering of the model's chat template for the same turns
+ * (edge_runtime.prompt.PromptFormat.render).
  * *out is freed with mcv_string_free. */
 MCV_API int mcv_session_prompt_text(mcv_session *session, int32_t with_generation_prefix, char **out);
 

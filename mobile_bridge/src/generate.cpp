@@ -155,25 +155,11 @@ int begin(mcv_session *s, const mcv_gen_params *gp) {
     finish_reply(s);
     s->cancel.store(false);
     s->t_begin = now_ms();
-    std::string saved = s->pending;
-    int saved_role = s->open_role, saved_parts = s->open_parts;
-    bool saved_reply = s->reply_open;
-    close_turn(s);
-    s->pending += s->model->fmt.generation_prefix(s->thinking);
     int32_t n = 0;
-    int rc = eval_pending(s, nullptr, &n);
-    if (rc != MCV_OK) {
-        s->pending = saved;
-        s->open_role = saved_role;
-        s->open_parts = saved_parts;
-        s->reply_open = saved_reply;
-        return rc;
-    }
+    int rc = open_reply(s, s->thinking, &n);  // transcript.cpp: the template's generation prompt
+    if (rc != MCV_OK) return rc;
     s->prefill_ms = now_ms() - s->t_begin;
     s->n_prefill = n;
-    s->open_role = MCV_ROLE_ASSISTANT;
-    s->open_parts = 1;
-    s->reply_open = true;
     if (s->smpl) llama_sampler_free(s->smpl);
     llama_sampler_chain_params cp = llama_sampler_chain_default_params();
     s->smpl = llama_sampler_chain_init(cp);

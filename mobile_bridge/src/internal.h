@@ -13,8 +13,10 @@
 
 namespace mcv {
 
-// Per-version prompt facts, read from the text GGUF's minicpmv_edge.* keys.
-// Field for field the same as edge_runtime/prompt.py PromptFormat.
+// The chat template's behaviour as plain facts (the bridge cannot run jinja): read from the
+// text GGUF's minicpmv_edge.* keys, or for a GGUF written by another tool from the detected
+// family's row in family_facts.h (generated from minicpmv_edge/model_facts.py). Tests pin the
+// bridge's prompt bytes to the jinja rendering of the model's own template.
 struct PromptFormat {
     std::string family;
     std::string turn_prefix;     // with {role}
@@ -28,13 +30,15 @@ struct PromptFormat {
     bool thinking_default = false;
     std::string thinking_prefix_on;
     std::string thinking_prefix_off;
+    std::string think_close = "</think>";
+    bool trim_content = false;   // message text goes through jinja's |trim (4.6)
+    bool strip_history = false;  // answers before the last user message lose their <think> block
+    bool own_keys = true;        // false: facts from the detected family (no minicpmv_edge.* keys)
     int max_slice_nums = 9;
     int scale_resolution = 448;
     std::string projector_type;  // what the mmproj must declare
     int projector_version = 0;   // clip.minicpmv_version it must carry (0: none)
 
-    std::string turn_open(const std::string &role) const;
-    std::string generation_prefix(bool thinking) const;
     std::string image_placeholder(const std::string &marker, int index) const;
 };
 
@@ -42,8 +46,13 @@ struct PromptFormat {
 std::string format_field(const std::string &tmpl, const char *name, const std::string &value);
 // Parses llama.cpp's rendering of a string array: ["a", "b\"c"] (src/llama-impl.cpp gguf_kv_to_str).
 bool parse_string_array(const std::string &s, std::vector<std::string> &out);
-// Reads the format from the model's metadata; returns MCV_OK or MCV_ERR_FORMAT with a message.
-int read_prompt_format(const llama_model *model, PromptFormat &fmt, std::string &err);
+// Reads the format from the model's metadata, or detects the family from llama.cpp's standard
+// keys (general.architecture, the mmproj's clip.projector_type/minicpmv_version, the vocabulary
+// size); returns MCV_OK, or MCV_ERR_FORMAT / MCV_ERR_UNSUPPORTED with a message.
+int read_prompt_format(const llama_model *model, const char *mmproj_path, PromptFormat &fmt, std::string &err);
+// An answer as the template renders it in history: |trim (trim_content), then everything up to
+// the last </think> and the newlines after it dropped (strip_history).
+std::string history_reply(const PromptFormat &fmt, const std::string &reply);
 // Returns the metadata value as a string, or false when absent.
 bool meta_str(const llama_model *model, const char *key, std::string &out);
 
@@ -128,6 +137,14 @@ struct mcv_session {
     int open_role = -1;      // role of the open turn, -1 none
     int open_parts = 0;      // parts in the open turn
     bool reply_open = false; // the open turn is a generated reply (closed by the next add)
+    int last_role = -1;      // role of the latest turn, open or closed; -1 none (transcript.cpp)
+    size_t content_at = 0;   // transcript offset where the open turn's content starts
+    bool content_started = false;  // the open turn has non-whitespace content (trim_content)
+    // the open reply, kept to rewrite it as the template renders past answers (transcript.cpp)
+    int32_t reply_pos = -1;        // KV position right after the assistant turn prefix
+    size_t reply_text = 0;         // evaluated.size() at that point
+    std::string reply_prefix;      // the thinking prefix evaluated after it
+    std::vector<uint8_t> reply_state;  // recurrent models: sequence state at reply_pos
     bool thinking = false;
     int n_images = 0;
     int32_t n_past = 0;
@@ -155,8 +172,14 @@ double now_ms();
 // KV cache is rolled back to where it was. n_tokens_out: positions added.
 int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_tokens_out);
 int decode_tokens(mcv_session *s, const llama_token *toks, int32_t n);
-void close_turn(mcv_session *s);
+void close_turn(mcv_session *s);    // transcript.cpp: trims; rewrites a closed reply as history
 void finish_reply(mcv_session *s);  // ends a pull-style reply (keeps KV == transcript)
+// transcript.cpp: the conversation as the chat template renders it
+int append_part(mcv_session *s, int role, const std::string &text);  // one content part of `role`
+int open_reply(mcv_session *s, bool thinking, int32_t *n_prefill);  // closes the user turn, evaluates
+                                                                     // the assistant prefix (+ thinking)
+std::string transcript(const mcv_session *s, bool with_generation_prefix);
+void clear_transcript(mcv_session *s);
 
 // Marks a session busy for one public call; a concurrent second call gets MCV_ERR_BUSY.
 struct BusyGuard {

@@ -170,7 +170,7 @@ int mcv_model_load(const char *text_path, const char *mmproj_path, const mcv_mod
     }
     m->vocab = llama_model_get_vocab(m->lm);
     std::string err;
-    int rc = read_prompt_format(m->lm, m->fmt, err);
+    int rc = read_prompt_format(m->lm, mmproj_path, m->fmt, err);
     std::string positions;
     if (rc == MCV_OK && mmproj_path && meta_str(m->lm, "minicpmv_edge.image.positions", positions) &&
         positions == "canvas") {

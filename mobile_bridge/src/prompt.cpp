@@ -1,7 +1,11 @@
-// Prompt format from minicpmv_edge.* metadata (minicpmv_edge/schema.py names every key),
-// and the text/mmproj pair check that runs before mtmd is initialised.
+// The prompt as the model's own chat template renders it, without jinja: the template's
+// behaviour comes as plain facts from minicpmv_edge.* metadata (minicpmv_edge/model_facts.py
+// names every fact), or from the detected family for GGUFs written by other tools
+// (family_facts.h). tests/test_bridge_prompt.py pins these bytes to the jinja rendering.
+// Also: the text/mmproj pair check that runs before mtmd is initialised.
 #include "internal.h"
 
+#include "family_facts.h"
 #include "gguf.h"
 
 #include <cstdlib>
@@ -105,11 +109,72 @@ bool parse_string_array(const std::string &s, std::vector<std::string> &out) {
     }
 }
 
-int read_prompt_format(const llama_model *m, PromptFormat &f, std::string &err) {
-    if (!get(m, "family", f.family)) {
-        err = "the text GGUF has no minicpmv_edge.* metadata; convert the checkpoint with `minicpmv-edge convert`";
-        return MCV_ERR_FORMAT;
+namespace {
+// The mmproj's projector type and version (clip.projector_type, clip.minicpmv_version).
+bool projector_of(const char *mmproj_path, std::string &ptype, int64_t &version) {
+    gguf_init_params gp = {/*no_alloc*/ true, /*ctx*/ nullptr};
+    gguf_context *g = mmproj_path ? gguf_init_from_file(mmproj_path, gp) : nullptr;
+    if (!g) return false;
+    bool ok = gguf_str(g, "clip.projector_type", ptype);
+    version = 0;
+    gguf_int(g, "clip.minicpmv_version", version);
+    gguf_free(g);
+    return ok;
+}
+
+// A GGUF written by another tool: the family from standard keys, as model_facts.detect does.
+int detect_family(const llama_model *m, const char *mmproj_path, PromptFormat &f, std::string &err) {
+    std::string arch, ptype;
+    int64_t pver = 0;
+    meta_str(m, "general.architecture", arch);
+    const bool have_mm = projector_of(mmproj_path, ptype, pver);
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(m));
+    std::vector<const FamilyFacts *> cands;
+    for (const FamilyFacts &r : FAMILY_FACTS)
+        if (r.detectable && arch == r.text_arch &&
+            (have_mm ? ptype == r.projector_type && (r.projector_version == 0 || r.projector_version == pver)
+                     : r.n_vocab == n_vocab))  // a text model alone: the vocabulary tells MiniCPM-V apart
+            cands.push_back(&r);
+    if (cands.size() > 1) {
+        std::vector<const FamilyFacts *> by_vocab;
+        for (const FamilyFacts *r : cands)
+            if (r->n_vocab == n_vocab) by_vocab.push_back(r);
+        if (!by_vocab.empty()) cands = by_vocab;
     }
+    if (cands.size() != 1) {
+        err = "not a MiniCPM-V GGUF we recognise (architecture '" + arch + "', " + std::to_string(n_vocab) +
+              " tokens" + (have_mm ? ", projector '" + ptype + "' version " + std::to_string(pver) : ", no projector") +
+              ") and no minicpmv_edge.* metadata; convert the checkpoint with `minicpmv-edge convert`";
+        return MCV_ERR_UNSUPPORTED;
+    }
+    const FamilyFacts &r = *cands[0];
+    f.family = r.family;
+    f.turn_prefix = r.turn_prefix;
+    f.turn_suffix = r.turn_suffix;
+    f.default_system = r.default_system;
+    f.separator = r.content_separator;
+    f.stop.clear();
+    for (const char *const *p = r.stop; *p; p++) f.stop.push_back(*p);
+    f.image_id_template = r.image_id_template;
+    f.use_image_id = r.use_image_id;
+    f.thinking_supported = r.thinking_supported;
+    f.thinking_default = r.thinking_default;
+    f.thinking_prefix_on = r.thinking_prefix_on;
+    f.thinking_prefix_off = r.thinking_prefix_off;
+    f.think_close = r.think_close;
+    f.trim_content = r.trim_content;
+    f.strip_history = r.strip_history;
+    f.max_slice_nums = r.max_slice_nums;
+    f.scale_resolution = r.scale_resolution;
+    f.projector_type = r.projector_type;
+    f.projector_version = r.projector_version;
+    f.own_keys = false;
+    return MCV_OK;
+}
+}  // namespace
+
+int read_prompt_format(const llama_model *m, const char *mmproj_path, PromptFormat &f, std::string &err) {
+    if (!get(m, "family", f.family)) return detect_family(m, mmproj_path, f, err);
     if (!get(m, "prompt.turn_prefix", f.turn_prefix) || !get(m, "prompt.turn_suffix", f.turn_suffix)) {
         err = "minicpmv_edge.prompt.turn_prefix/turn_suffix missing from the text GGUF";
         return MCV_ERR_FORMAT;
@@ -127,19 +192,14 @@ int read_prompt_format(const llama_model *m, PromptFormat &f, std::string &err) 
     f.thinking_default = get_bool(m, "thinking.default", false);
     f.thinking_prefix_on = get_or(m, "thinking.prefix_on", "");
     f.thinking_prefix_off = get_or(m, "thinking.prefix_off", "");
+    f.think_close = get_or(m, "thinking.close_tag", "</think>");
+    f.trim_content = get_bool(m, "prompt.trim_content", false);
+    f.strip_history = get_bool(m, "thinking.strip_history", false);
     f.max_slice_nums = get_int(m, "image.max_slice_nums", 9);
     f.scale_resolution = get_int(m, "image.scale_resolution", 448);
     f.projector_type = get_or(m, "projector_type", "");
     f.projector_version = get_int(m, "projector_version", 0);
     return MCV_OK;
-}
-
-std::string PromptFormat::turn_open(const std::string &role) const { return format_field(turn_prefix, "role", role); }
-
-std::string PromptFormat::generation_prefix(bool thinking) const {
-    std::string p = turn_open("assistant");
-    if (thinking_supported) p += thinking ? thinking_prefix_on : thinking_prefix_off;
-    return p;
 }
 
 std::string PromptFormat::image_placeholder(const std::string &marker, int index) const {

@@ -14,8 +14,6 @@
 using namespace mcv;
 
 namespace {
-const char *role_name(int r) { return r == MCV_ROLE_SYSTEM ? "system" : r == MCV_ROLE_USER ? "user" : "assistant"; }
-
 bool abort_cb(void *data) { return static_cast<mcv_session *>(data)->cancel.load(std::memory_order_relaxed); }
 
 #define GUARD(s)                                                                           \
@@ -27,32 +25,22 @@ bool abort_cb(void *data) { return static_cast<mcv_session *>(data)->cancel.load
 
 struct Snapshot {
     std::string pending;
-    int open_role, open_parts;
-    bool reply_open;
+    int open_role, open_parts, last_role;
+    bool reply_open, content_started;
+    size_t content_at;
     explicit Snapshot(const mcv_session *s)
-        : pending(s->pending), open_role(s->open_role), open_parts(s->open_parts), reply_open(s->reply_open) {}
+        : pending(s->pending), open_role(s->open_role), open_parts(s->open_parts), last_role(s->last_role),
+          reply_open(s->reply_open), content_started(s->content_started), content_at(s->content_at) {}
     void restore(mcv_session *s) const {
         s->pending = pending;
         s->open_role = open_role;
         s->open_parts = open_parts;
+        s->last_role = last_role;
         s->reply_open = reply_open;
+        s->content_started = content_started;
+        s->content_at = content_at;
     }
 };
-
-// Opens (or continues) a turn of `role` for one more content part.
-void start_part(mcv_session *s, int role) {
-    const PromptFormat &f = s->model->fmt;
-    if (s->evaluated.empty() && s->pending.empty() && role != MCV_ROLE_SYSTEM && !f.default_system.empty())
-        s->pending += f.turn_open("system") + f.default_system + f.turn_suffix;
-    if (s->reply_open || s->open_role != role) {
-        close_turn(s);
-        s->pending += f.turn_open(role_name(role));
-        s->open_role = role;
-        s->open_parts = 0;
-    }
-    if (s->open_parts > 0) s->pending += f.separator;
-    s->open_parts++;
-}
 
 void rollback(mcv_session *s, int32_t n_before) {
     llama_memory_t mem = llama_get_memory(s->lctx);
@@ -64,10 +52,10 @@ void rollback(mcv_session *s, int32_t n_before) {
 }
 
 int add_image(mcv_session *s, mtmd_bitmap *bm) {
+    if (s->reply_open) close_turn(s);  // the reply becomes history whether or not the image loads
     Snapshot snap(s);
-    start_part(s, MCV_ROLE_USER);
-    s->pending += s->model->fmt.image_placeholder(s->model->marker, s->n_images);
-    int rc = eval_pending(s, bm, nullptr);
+    int rc = append_part(s, MCV_ROLE_USER, s->model->fmt.image_placeholder(s->model->marker, s->n_images));
+    if (rc == MCV_OK) rc = eval_pending(s, bm, nullptr);
     mtmd_bitmap_free(bm);
     if (rc != MCV_OK) {
         snap.restore(s);
@@ -82,13 +70,6 @@ namespace mcv {
 double now_ms() {
     using namespace std::chrono;
     return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
-}
-
-void close_turn(mcv_session *s) {
-    if (s->open_role >= 0) s->pending += s->model->fmt.turn_suffix;
-    s->open_role = -1;
-    s->open_parts = 0;
-    s->reply_open = false;
 }
 
 int decode_tokens(mcv_session *s, const llama_token *toks, int32_t n) {
@@ -293,11 +274,8 @@ int mcv_session_reset(mcv_session *s) {
     BusyGuard g(s);
     if (!g.ok) return fail(nullptr, MCV_ERR_BUSY, "session is in use by another thread");
     llama_memory_clear(llama_get_memory(s->lctx), true);
-    s->evaluated.clear();
-    s->pending.clear();
-    s->open_role = -1;
-    s->open_parts = 0;
-    s->reply_open = s->generating = s->finished = s->needs_reset = false;
+    clear_transcript(s);
+    s->generating = s->finished = s->needs_reset = false;
     s->thinking = s->model->fmt.thinking_supported && s->model->fmt.thinking_default;
     s->n_images = s->n_past = s->n_prefill = s->n_sampled = 0;
     s->finish = MCV_FINISH_NONE;
@@ -313,9 +291,7 @@ int mcv_session_add_text(mcv_session *s, mcv_role role, const char *utf8) {
     if (!utf8) return fail(&s->err, MCV_ERR_INVALID_ARG, "text is NULL");
     if (role < MCV_ROLE_SYSTEM || role > MCV_ROLE_ASSISTANT) return fail(&s->err, MCV_ERR_INVALID_ARG, "unknown role");
     finish_reply(s);
-    start_part(s, role);
-    s->pending += utf8;
-    return MCV_OK;
+    return append_part(s, role, utf8);
 }
 
 int mcv_session_end_turn(mcv_session *s) {
@@ -378,11 +354,7 @@ int mcv_session_prompt_text(mcv_session *s, int32_t with_generation_prefix, char
     if (!out) return fail(s ? &s->err : nullptr, MCV_ERR_INVALID_ARG, "out is NULL");
     *out = nullptr;
     GUARD(s);
-    std::string t = s->evaluated + s->pending;
-    if (with_generation_prefix) {
-        if (s->open_role >= 0) t += s->model->fmt.turn_suffix;
-        t += s->model->fmt.generation_prefix(s->thinking);
-    }
+    const std::string t = transcript(s, with_generation_prefix != 0);
     char *c = static_cast<char *>(malloc(t.size() + 1));
     if (!c) return fail(&s->err, MCV_ERR_NO_MEMORY, "out of memory");
     memcpy(c, t.c_str(), t.size() + 1);
