@@ -27,7 +27,6 @@ import json
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -201,8 +200,8 @@ def main(argv=None) -> int:
             row["anchor"] = anchors.get(fps)
         rows.append(row)
         _print_row(row, a.ctx)
-    if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=2))
+        if a.json:  # after every row: a long run stopped half-way keeps what it measured
+            Path(a.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 
