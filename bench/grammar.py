@@ -63,19 +63,18 @@ sampling.Sampler._grammar_resample = counting
 m = MiniCPMV(text, None, n_ctx=2048, n_threads=threads, n_batch=512)
 msgs = [{"role": "user", "content": %r}]
 kw = %r
-out = {}
+out = {mode: {"rows": [], "resamples": 0, "full": 0} for mode in modes}
 m.chat(msgs, max_tokens=4, **kw)  # warm-up: prompt in the KV cache, pages touched
-for mode, schema in modes.items():
-    rows = []
-    before = dict(stats)
-    for seed in seeds:
+for seed in seeds:  # modes interleaved, so that a change of machine load hits them alike
+    for mode, schema in modes.items():
+        before = dict(stats)
         extra = {"json_schema": schema} if schema is not None else {}
         # end tokens ignored without a grammar (n tokens); a grammar ends the answer itself when it completes
         r = m.chat(msgs, max_tokens=n, seed=seed, ignore_eos=schema is None, **kw, **extra)
-        rows.append({"tok_s": r.timings.decode_tok_s, "tokens": r.timings.generated_tokens,
-                     "finish": r.finish_reason})
-    out[mode] = {"rows": rows, "resamples": stats["resamples"] - before["resamples"],
-                 "full": stats["full"] - before["full"]}
+        out[mode]["rows"].append({"tok_s": r.timings.decode_tok_s, "tokens": r.timings.generated_tokens,
+                                  "finish": r.finish_reason})
+        out[mode]["resamples"] += stats["resamples"] - before["resamples"]
+        out[mode]["full"] += stats["full"] - before["full"]
 print("RESULT " + json.dumps(out))
 """ % (PROMPT, SAMPLING)
 
@@ -137,8 +136,10 @@ def main(argv=None) -> int:
     if not a.no_anchor:
         binary = llama_tools.build(["llama-completion"])["llama-completion"]
         prompt = rendered_prompt(text)
-        theirs = {mode: {"rows": [run_llama(binary, text, prompt, a.tokens, a.threads, s, schema) for s in seeds]}
-                  for mode, schema in MODES.items()}
+        theirs = {mode: {"rows": []} for mode in MODES}
+        for s in seeds:  # interleaved as ours
+            for mode, schema in MODES.items():
+                theirs[mode]["rows"].append(run_llama(binary, text, prompt, a.tokens, a.threads, s, schema))
     med = lambda d, mode: statistics.median(r["tok_s"] for r in d[mode]["rows"])  # noqa: E731
     m = _common.machine_description(work)
     print(f"model: MiniCPM-V 4.5 shapes (Qwen3-8B width, vocab 151748, {a.layers} of 36 text layers), text {a.quant}; "

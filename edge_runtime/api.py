@@ -89,8 +89,6 @@ class MiniCPMV:
             self.session.planner.external = enc  # e.g. OnnxVisionEncoder: encodes the same processor crops
         else:
             self.session = Session(self._ctx, self.vision, self.cache, encoder=enc)
-        self.video = self._video_recipe(info, mm_info, mmproj, threads)
-        self.last_notices: list[str] = []  # one line per video cut to fit the context, last chat()
         self._lock = threading.Lock()
         self._health: str | None = None
         self.load_ms = (time.perf_counter() - t0) * 1e3
@@ -115,20 +113,6 @@ class MiniCPMV:
         in prefill or decode; the KV cache stays consistent and the next chat() works as usual."""
         self._ctx.request_abort()
 
-    def encode_images(self, images) -> list[float]:
-        """Encode images now (an interactive /image): their embeddings wait in the cache for the
-        turn that uses them. `images`: what chat() accepts as an image (path, bytes, PIL image, array).
-        Returns the milliseconds of each chunk encoded (none when all were cached)."""
-        from .media import load_image
-
-        loaded = [im if isinstance(im, Image) else load_image(im, self.limits) for im in images]
-        if self.vision is None:
-            raise InputError("this model was loaded without an mmproj; images need one")
-        bitmaps = [Bitmap(im.rgb if self.exact_images else self._fit_slices(im.rgb, self._max_slices()), im.digest)
-                   for im in loaded]
-        with self._lock:
-            return self.session.encode_ahead(bitmaps)
-
     def health(self) -> str | None:
         """None when llama.cpp's cache holds exactly what the session recorded; else the problem.
         While a generation runs the state is in flux: then the answer of the last check."""
@@ -140,26 +124,7 @@ class MiniCPMV:
             self._lock.release()
         return self._health
 
-    def _video_recipe(self, info, mm_info, mmproj, threads: int):
-        """The model's own video recipe (video.py), from the GGUF's minicpmv_edge.video.* keys."""
-        from minicpmv_edge import video_facts
-
-        from .video import VideoRecipe
-
-        facts = video_facts.read(info.kv, self.format.family)
-        self.video_use_image_id = bool(info.kv.get(schema.EDGE_VIDEO_USE_IMAGE_ID, False))
-        encoder = None
-        if facts.recipe == video_facts.PACKED and mm_info is not None:
-            from .video_packed import PackedEncoder
-
-            encoder = PackedEncoder(str(mmproj), mm_info.kv, threads, self.options.mmproj_gpu)
-        spec = self.session.planner.video_spec if self.exact_images else None
-        return VideoRecipe(facts, self.exact_images, spec, encoder, self.format.tokens_per_slice)
-
     def close(self) -> None:
-        enc = getattr(getattr(self, "video", None), "encoder", None)
-        if enc is not None:
-            enc.close()
         for h in (getattr(self, "_ctx", None), getattr(self, "vision", None), getattr(self, "model", None)):
             if h is not None:
                 h.close()
@@ -182,8 +147,7 @@ class MiniCPMV:
             # to the slice cap; video frames: no slicing (model cards' video recipe)
             cap = self.format.video_max_slice_nums if m.frame else self._max_slices()
             rgb = m.image.rgb if self.exact_images else self._fit_slices(m.image.rgb, cap)
-            bitmaps.append(Bitmap(rgb, m.image.digest + ("/v" if m.frame else ""),
-                                  embed=getattr(m.image, "embed", None) if m.frame else None))
+            bitmaps.append(Bitmap(rgb, m.image.digest + ("/v" if m.frame else "")))
         return rendered, bitmaps
 
     def build_prompt(self, turns: list[Turn], enable_thinking: bool | None = False, tools=None,
@@ -225,6 +189,7 @@ class MiniCPMV:
              grammar: str | None = None, json_schema: dict | str | None = None, response_format: dict | None = None,
              logprobs: bool = False, top_logprobs: int = 0,
              reasoning_format: str = "auto", thinking_budget: int = -1, thinking_budget_message: str = "",
+             tools: list | None = None, tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
              chat_template_kwargs: dict | None = None):
         """Answer the conversation `messages`; a ChatResult, or with stream=True an iterator of Pieces
         (then `last_result` holds the ChatResult once it is exhausted).
@@ -240,65 +205,80 @@ class MiniCPMV:
         the closing tag). `enable_thinking` True/False as the model cards' chat() passes it; None
         leaves it undefined for the chat template (its own default). `chat_template_kwargs` reach the
         template as variables (as with transformers' apply_chat_template; `enable_thinking` among
-        them wins)."""
-        given = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                     typical_p=typical_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                     presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed)
-        given = {k: v for k, v in given.items() if v is not None}
-        if stop is not None:
-            given["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-        if logit_bias:
-            given["logit_bias"] = self.token_biases(logit_bias)
-        sampling = replace(self.sampling_defaults, ignore_eos=bool(ignore_eos), **given).validated()
-        opts = GenerateOptions(sampling=sampling, reasoning_format=reasoning_format,
-                               thinking_budget=thinking_budget, budget_message=thinking_budget_message,
-                               grammar=resolve_grammar(grammar, json_schema, response_format), logprobs=bool(logprobs),
-                               top_logprobs=top_logprobs).validated()
-        if opts.grammar is not None:
-            opts.grammar.check(self.model)
-        # a list of Turns was normalized already (the server decodes images before queueing)
-        turns = list(messages) if messages and all(isinstance(m, Turn) for m in messages) \
-            else normalize(messages, self.limits)
-        kwargs = dict(chat_template_kwargs or {})
-        enable_thinking = kwargs.pop("enable_thinking", enable_thinking)
-        turns = self.expand_videos(turns, enable_thinking, reserve=sampling.max_tokens)
-        rendered, bitmaps = self.render(turns, enable_thinking, **kwargs)
-        # the rendered prompt says whether the model starts inside <think> and which end of it the
-        # next turn's history drops (session.py snapshots recurrent state before that tail)
-        gen = generate(self, rendered.text, bitmaps, opts, in_think=rendered.in_think, tail=rendered.tail)
+        them wins). `tools` (OpenAI's function definitions) reach the chat template; calls in the
+        answer come back in `ChatResult.tool_calls` (`Piece.tool_call` when streaming) in the model's own
+        format; `tool_choice` "auto" (default), "none", "required" or {"type": "function", "function":
+        {"name": ...}} (the last two enforced by a grammar); `parallel_tool_calls=False`: one call at most."""
+        prompt, bitmaps, opts, in_think, tail = self._prepare(messages, _arguments(locals()))
+        gen = generate(self, prompt, bitmaps, opts, in_think=in_think, tail=tail)
         if stream:
             return gen
         for _ in gen:
             pass
         return self.last_result
 
-    def expand_videos(self, turns: list[Turn], enable_thinking: bool = False, reserve: int | None = None) -> list[Turn]:
-        """Turns with every video part expanded into its prompt units (video.py), each new video
-        cut to what the context leaves after the rest of the prompt and `reserve` answer tokens."""
-        from .video import answer_reserve, budget_for
+    def prompt_for(self, messages, **kwargs) -> str:
+        """The prompt `chat(messages, **kwargs)` would evaluate (the model's chat template, each image as
+        mtmd's media marker), checked as chat() checks it, without generating."""
+        import inspect
 
-        self.last_notices = []
-        videos = [p for t in turns for p in t.parts if isinstance(p, Video) and p.source is not None]
-        if not videos:
-            return turns
-        if self.vision is None:
-            raise InputError("this model was loaded without an mmproj; video needs one")
-        for v in videos:
-            self.video.check(v.options, v.source.label)
-        known = {id(v): self.video.cached(v.source, v.options) for v in videos}
-        new = [v for v in videos if known[id(v)] is None]
-        budget = None
-        if new:  # count the prompt without the new videos, as the session would lay it out
-            probe = [replace(t, parts=[Video(frames=known[id(p)] or []) if isinstance(p, Video) and p.source else p
-                                       for p in t.parts]) for t in turns]
-            base = self.session.count_tokens(*self.build_prompt(probe, enable_thinking))
-            budget = budget_for(self._ctx.n_ctx, base, answer_reserve(self._ctx.n_ctx, reserve), len(new))
-        self.video.notices = []
-        out = [replace(t, parts=[replace(p, frames=self.video.expand(p.source, p.options, budget))
-                                 if isinstance(p, Video) and p.source is not None else p for p in t.parts])
-               for t in turns]
-        self.last_notices = list(self.video.notices)
-        return out
+        bound = inspect.signature(MiniCPMV.chat).bind(self, messages, **kwargs)
+        bound.apply_defaults()
+        return self._prepare(messages, _arguments(bound.arguments))[0]
+
+    def _prepare(self, messages, a: dict):
+        """chat()'s arguments -> (prompt, bitmaps, GenerateOptions, in_think, tail)."""
+        given = {k: a[k] for k in ("max_tokens", "temperature", "top_k", "top_p", "min_p", "typical_p",
+                                   "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty", "seed")
+                 if a[k] is not None}
+        if a["stop"] is not None:
+            given["stop"] = (a["stop"],) if isinstance(a["stop"], str) else tuple(a["stop"])
+        if a["logit_bias"]:
+            given["logit_bias"] = self.token_biases(a["logit_bias"])
+        sampling = replace(self.sampling_defaults, ignore_eos=bool(a["ignore_eos"]), **given).validated()
+        user_grammar = resolve_grammar(a["grammar"], a["json_schema"], a["response_format"])
+        tp = self.tool_plan(a["tools"], a["tool_choice"], a["parallel_tool_calls"], constrained=user_grammar is not None)
+        if tp.ban_open:
+            sampling = self._ban_tool_calls(sampling)
+        opts = GenerateOptions(sampling=sampling, reasoning_format=a["reasoning_format"],
+                               thinking_budget=a["thinking_budget"], budget_message=a["thinking_budget_message"],
+                               grammar=user_grammar or tp.grammar, logprobs=bool(a["logprobs"]),
+                               top_logprobs=a["top_logprobs"], tools=tuple(tp.tools) if tp.fmt else (),
+                               tool_format=tp.fmt).validated()
+        if user_grammar is not None:
+            user_grammar.check(self.model)
+        # a list of Turns was normalized already (the server decodes images before queueing)
+        turns = list(messages) if messages and all(isinstance(m, Turn) for m in messages) \
+            else normalize(messages, self.limits)
+        kwargs = dict(a["chat_template_kwargs"] or {})
+        thinking = kwargs.pop("enable_thinking", a["enable_thinking"])
+        rendered, bitmaps = self.render(turns, thinking, tp.tools or None, **kwargs)
+        # the rendered prompt says whether the model starts inside <think> and which end of it the
+        # next turn's history drops (session.py snapshots recurrent state before that tail)
+        return rendered.text, bitmaps, opts, rendered.in_think, rendered.tail
+
+    def tool_plan(self, tools, tool_choice=None, parallel_tool_calls: bool = True, constrained: bool = False):
+        """What tools / tool_choice / parallel_tool_calls mean for this model (tools.plan); the grammar is compiled."""
+        from .tools import plan
+
+        p = plan(self._chat_template_source(), tools, tool_choice, parallel_tool_calls, constrained)
+        if p.grammar is not None:
+            p.grammar.check(self.model)
+        return p
+
+    def _ban_tool_calls(self, sampling):
+        """tool_choice none: the opening tag of a call gets -inf (a stop string when it is not one token)."""
+        from .tools import OPEN
+
+        ids = self.model.tokenize(OPEN)
+        if len(ids) == 1:
+            return replace(sampling, logit_bias=sampling.logit_bias + ((ids[0], float("-inf")),))
+        return replace(sampling, stop=sampling.stop + (OPEN,))
+
+    def _chat_template_source(self) -> str | None:
+        if not hasattr(self, "_template_source"):
+            self._template_source = read_info(self.model.path).get("tokenizer.chat_template")
+        return self._template_source
 
     def token_biases(self, bias) -> tuple[tuple[int, float], ...]:
         """{token id | text: bias} or [[token id | text, bias], ...]; text is tokenized (as llama-server);
@@ -325,6 +305,11 @@ class MiniCPMV:
             else:
                 raise InputError(f"logit_bias: {key!r} is neither a token id nor text")
         return tuple(out)
+
+
+def _arguments(values: dict) -> dict:
+    """chat()'s keyword arguments from its locals() (or a signature binding)."""
+    return {k: v for k, v in values.items() if k not in ("self", "messages", "stream")}
 
 
 def _merge(opts: LoadOptions, overrides: dict) -> LoadOptions:

@@ -219,3 +219,41 @@ def call_grammar(fmt: str, tools: list[dict], choice, parallel: bool) -> Grammar
 
 def _lit(text: str) -> str:
     return json.dumps(text)  # a GBNF literal: the same escapes as a JSON string
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    tools: list  # for the chat template (and the parser)
+    fmt: str | None  # "json" | "xml"; None: calls are not parsed (tool_choice none)
+    grammar: Grammar | None  # tool_choice required / named (whole answer), auto (lazy)
+    ban_open: bool  # tool_choice none: the opening tag may not be generated
+
+
+def plan(template_source: str | None, tools, tool_choice, parallel: bool = True, constrained: bool = False) -> ToolPlan:
+    """What `tools` / `tool_choice` / `parallel_tool_calls` mean for one request (InputError when they
+    cannot be honoured). `constrained`: the request also has a grammar or response_format."""
+    if tools is None:
+        if tool_choice is not None:
+            raise InputError("tool_choice needs tools")
+        return ToolPlan([], None, None, False)
+    checked = check_tools(tools)
+    fmt = detect_format(template_source)
+    if fmt is None:
+        raise InputError("tools: this model's chat template has no tool calling")
+    if not isinstance(parallel, bool):
+        raise InputError("parallel_tool_calls must be true or false")
+    choice = "auto" if tool_choice is None else tool_choice
+    if isinstance(choice, dict):
+        fn = choice.get("function") if choice.get("type") == "function" else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if name not in {t["function"]["name"] for t in checked}:
+            raise InputError(f"tool_choice names the function {name!r}, which is not among the tools")
+    elif choice not in ("auto", "none", "required"):
+        raise InputError(f'tool_choice must be "auto", "none", "required" or a named function, got {choice!r}')
+    if choice == "none":
+        return ToolPlan(checked, None, None, True)
+    if constrained:
+        raise InputError(f"tool_choice {choice if isinstance(choice, str) else 'naming a function'} cannot be "
+                         "combined with response_format, grammar or json_schema (one grammar shapes the answer); "
+                         'use tool_choice "none" with them')
+    return ToolPlan(checked, fmt, call_grammar(fmt, checked, choice, parallel), False)

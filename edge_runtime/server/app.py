@@ -151,7 +151,32 @@ def create_app(config: ServerConfig, load: Callable[[], object],
     async def chat_completions(body: S.ChatCompletionRequest, request: Request):
         return await _chat(body, request, config, state)
 
+    @app.post("/apply-template", response_model=S.AppliedTemplate, responses=errors)
+    async def apply_template(body: S.ChatCompletionRequest):
+        """As llama-server's /apply-template: the prompt a chat completion with this body would evaluate
+        (the model's chat template; each image as mtmd's marker), without generating."""
+        model = _ready(state, config, body)
+        try:
+            p = await run_in_threadpool(R.plan, body, model, config)
+            turns = await run_in_threadpool(normalize, [_plain(m) for m in body.messages], model.limits,
+                                            config.media.resolve)
+            prompt = await run_in_threadpool(R.prompt_text, model, turns, p)
+        except R.FieldError as exc:
+            raise ApiError(400, str(exc), param=exc.param) from None
+        except EdgeError as exc:
+            raise error_for(exc) from None
+        return {"prompt": prompt}
+
     return app
+
+
+def _ready(state, config, body):
+    if state.status != "ok":
+        raise ApiError(503, "the model is still loading" if state.status == "loading" else "the model failed to load",
+                       "server_error", code="model_loading", headers={"Retry-After": "2"})
+    if body.model != config.model_id:
+        raise _unknown_model(body.model, config.model_id)
+    return state.model
 
 
 def _unknown_model(name: str, served: str) -> ApiError:
@@ -243,6 +268,10 @@ def _plain(m) -> dict:
     out = {"role": role, "content": content}
     if getattr(m, "reasoning_content", None) is not None:
         out["reasoning_content"] = m.reasoning_content
+    if getattr(m, "tool_calls", None):
+        out["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+    if getattr(m, "tool_call_id", None) is not None:
+        out["tool_call_id"] = m.tool_call_id
     return out
 
 
@@ -291,6 +320,7 @@ async def _sse(first, waiter: _Waiter, request: Request, meta: dict, include_usa
     chunk = lambda i, delta, finish=None, lp=None: {**meta, "object": "chat.completion.chunk", "choices": [  # noqa: E731
         {"index": i, "delta": delta, "finish_reason": finish, "logprobs": lp}]}
     started: set[int] = set()
+    n_calls: dict[int, int] = {}
     try:
         ev = first
         while True:
@@ -300,6 +330,10 @@ async def _sse(first, waiter: _Waiter, request: Request, meta: dict, include_usa
                 delta = {"reasoning_content": piece.text} if piece.reasoning else {"content": piece.text}
                 if not piece.text:
                     delta = {}
+                if piece.tool_call is not None:  # a whole call in one delta (clients join deltas by index)
+                    k = n_calls.get(i, 0)
+                    n_calls[i] = k + 1
+                    delta = {"tool_calls": [{"index": k, **piece.tool_call.as_openai()}]}
                 if i not in started:  # the first chunk of a choice names the role
                     started.add(i)
                     delta = {"role": "assistant", **delta}

@@ -88,14 +88,32 @@ def plan(body, model, config) -> Plan:
             raise FieldError(field, str(exc)) from None
     if sum(f in kw for f in ("grammar", "json_schema", "response_format")) > 1:
         raise FieldError("response_format", "give only one of response_format, grammar, json_schema")
-    if body.tools or body.tool_choice is not None or body.parallel_tool_calls is not None:
-        raise FieldError("tools", "tool calling is not implemented yet")
+    if body.tools is not None:
+        kw["tools"] = [t.model_dump(exclude_none=True) for t in body.tools]
+    if body.tool_choice is not None:
+        kw["tool_choice"] = body.tool_choice if isinstance(body.tool_choice, str) else body.tool_choice.model_dump()
+    if body.parallel_tool_calls is not None:
+        kw["parallel_tool_calls"] = body.parallel_tool_calls
+    if "tools" in kw or "tool_choice" in kw:
+        try:  # the model's template must know tools; the tool_choice grammar must compile
+            model.tool_plan(kw.get("tools"), kw.get("tool_choice"), kw.get("parallel_tool_calls", True),
+                            constrained=any(f in kw for f in ("grammar", "json_schema", "response_format")))
+        except InputError as exc:
+            raise FieldError("tool_choice" if "tool_choice" in str(exc) else "tools", str(exc)) from None
     return Plan(kw, body.n, thinking, bool(body.logprobs))
+
+
+def prompt_text(model, turns, p: Plan) -> str:
+    """The prompt chat() would evaluate for this plan (for /apply-template)."""
+    return model.prompt_for(turns, **p.kwargs)
 
 
 def message(result, thinking: bool, logprobs: bool) -> tuple[dict, dict | None]:
     """A ChatResult -> (OpenAI message, choice logprobs)."""
     msg = {"role": "assistant", "content": result.text}
+    if result.tool_calls:
+        msg["tool_calls"] = [c.as_openai() for c in result.tool_calls]
+        msg["content"] = result.text or None  # OpenAI: no content beside calls is null
     if thinking:
         msg["reasoning_content"] = result.reasoning
     lp = {"content": [e.as_openai() for e in result.logprobs], "refusal": None} if logprobs else None

@@ -301,6 +301,10 @@ class ChatCompletionChunk(BaseModel):
     usage: Optional[Usage] = None
 
 
+class AppliedTemplate(BaseModel):
+    prompt: str = Field(description="the rendered prompt, images as mtmd's media marker")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
