@@ -89,6 +89,8 @@ class MiniCPMV:
             self.session.planner.external = enc  # e.g. OnnxVisionEncoder: encodes the same processor crops
         else:
             self.session = Session(self._ctx, self.vision, self.cache, encoder=enc)
+        self.video = self._video_recipe(info, mm_info, mmproj, threads)
+        self.last_notices: list[str] = []  # one line per video cut to fit the context, last chat()
         self._lock = threading.Lock()
         self._health: str | None = None
         self.load_ms = (time.perf_counter() - t0) * 1e3
@@ -113,6 +115,20 @@ class MiniCPMV:
         in prefill or decode; the KV cache stays consistent and the next chat() works as usual."""
         self._ctx.request_abort()
 
+    def encode_images(self, images) -> list[float]:
+        """Encode images now (an interactive /image): their embeddings wait in the cache for the
+        turn that uses them. `images`: what chat() accepts as an image (path, bytes, PIL image, array).
+        Returns the milliseconds of each chunk encoded (none when all were cached)."""
+        from .media import load_image
+
+        loaded = [im if isinstance(im, Image) else load_image(im, self.limits) for im in images]
+        if self.vision is None:
+            raise InputError("this model was loaded without an mmproj; images need one")
+        bitmaps = [Bitmap(im.rgb if self.exact_images else self._fit_slices(im.rgb, self._max_slices()), im.digest)
+                   for im in loaded]
+        with self._lock:
+            return self.session.encode_ahead(bitmaps)
+
     def health(self) -> str | None:
         """None when llama.cpp's cache holds exactly what the session recorded; else the problem.
         While a generation runs the state is in flux: then the answer of the last check."""
@@ -124,7 +140,26 @@ class MiniCPMV:
             self._lock.release()
         return self._health
 
+    def _video_recipe(self, info, mm_info, mmproj, threads: int):
+        """The model's own video recipe (video.py), from the GGUF's minicpmv_edge.video.* keys."""
+        from minicpmv_edge import video_facts
+
+        from .video import VideoRecipe
+
+        facts = video_facts.read(info.kv, self.format.family)
+        self.video_use_image_id = bool(info.kv.get(schema.EDGE_VIDEO_USE_IMAGE_ID, False))
+        encoder = None
+        if facts.recipe == video_facts.PACKED and mm_info is not None:
+            from .video_packed import PackedEncoder
+
+            encoder = PackedEncoder(str(mmproj), mm_info.kv, threads, self.options.mmproj_gpu)
+        spec = self.session.planner.video_spec if self.exact_images else None
+        return VideoRecipe(facts, self.exact_images, spec, encoder, self.format.tokens_per_slice)
+
     def close(self) -> None:
+        enc = getattr(getattr(self, "video", None), "encoder", None)
+        if enc is not None:
+            enc.close()
         for h in (getattr(self, "_ctx", None), getattr(self, "vision", None), getattr(self, "model", None)):
             if h is not None:
                 h.close()
@@ -147,7 +182,8 @@ class MiniCPMV:
             # to the slice cap; video frames: no slicing (model cards' video recipe)
             cap = self.format.video_max_slice_nums if m.frame else self._max_slices()
             rgb = m.image.rgb if self.exact_images else self._fit_slices(m.image.rgb, cap)
-            bitmaps.append(Bitmap(rgb, m.image.digest + ("/v" if m.frame else "")))
+            bitmaps.append(Bitmap(rgb, m.image.digest + ("/v" if m.frame else ""),
+                                  embed=getattr(m.image, "embed", None) if m.frame else None))
         return rendered, bitmaps
 
     def build_prompt(self, turns: list[Turn], enable_thinking: bool | None = False, tools=None,
@@ -252,10 +288,39 @@ class MiniCPMV:
             else normalize(messages, self.limits)
         kwargs = dict(a["chat_template_kwargs"] or {})
         thinking = kwargs.pop("enable_thinking", a["enable_thinking"])
+        turns = self.expand_videos(turns, thinking, reserve=sampling.max_tokens)
         rendered, bitmaps = self.render(turns, thinking, tp.tools or None, **kwargs)
         # the rendered prompt says whether the model starts inside <think> and which end of it the
         # next turn's history drops (session.py snapshots recurrent state before that tail)
         return rendered.text, bitmaps, opts, rendered.in_think, rendered.tail
+
+    def expand_videos(self, turns: list[Turn], enable_thinking: bool = False, reserve: int | None = None) -> list[Turn]:
+        """Turns with every video part expanded into its prompt units (video.py), each new video
+        cut to what the context leaves after the rest of the prompt and `reserve` answer tokens."""
+        from .video import answer_reserve, budget_for
+
+        self.last_notices = []
+        videos = [p for t in turns for p in t.parts if isinstance(p, Video) and p.source is not None]
+        if not videos:
+            return turns
+        if self.vision is None:
+            raise InputError("this model was loaded without an mmproj; video needs one")
+        for v in videos:
+            self.video.check(v.options, v.source.label)
+        known = {id(v): self.video.cached(v.source, v.options) for v in videos}
+        new = [v for v in videos if known[id(v)] is None]
+        budget = None
+        if new:  # count the prompt without the new videos, as the session would lay it out
+            probe = [replace(t, parts=[Video(frames=known[id(p)] or []) if isinstance(p, Video) and p.source else p
+                                       for p in t.parts]) for t in turns]
+            base = self.session.count_tokens(*self.build_prompt(probe, enable_thinking))
+            budget = budget_for(self._ctx.n_ctx, base, answer_reserve(self._ctx.n_ctx, reserve), len(new))
+        self.video.notices = []
+        out = [replace(t, parts=[replace(p, frames=self.video.expand(p.source, p.options, budget))
+                                 if isinstance(p, Video) and p.source is not None else p for p in t.parts])
+               for t in turns]
+        self.last_notices = list(self.video.notices)
+        return out
 
     def tool_plan(self, tools, tool_choice=None, parallel_tool_calls: bool = True, constrained: bool = False):
         """What tools / tool_choice / parallel_tool_calls mean for this model (tools.plan); the grammar is compiled."""

@@ -10,6 +10,7 @@ is refused before any generation starts.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ class Grammar:
         with _captured_stderr() as err:
             if self.triggers:
                 pats = [re.escape(t).encode() for t in self.triggers]
-                arr = (L.c_char_p * len(pats))(*pats)
+                arr = (ctypes.c_char_p * len(pats))(*pats)
                 ptr = L.llama_sampler_init_grammar_lazy_patterns(
                     model.vocab, self.gbnf.encode(), b"root", arr, len(pats), None, 0)
             else:

@@ -19,10 +19,11 @@ from typing import Any, Callable
 from minicpmv_edge.errors import InputError, MediaError
 
 from .media import Image, MediaLimits, load_image
+from .tools import tool_fields
 from .video import VideoOptions
 from .video_source import VideoSource
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 # message keys handed to the chat template as they are (transformers aliases the three reasoning names)
 PASS_THROUGH = ("reasoning_content", "thinking", "reasoning")
 
@@ -81,6 +82,7 @@ def normalize(messages, limits: MediaLimits, resolve_url: Callable[[str], Any] |
         for k, v in turn.extra.items():
             if not isinstance(v, str):
                 raise InputError(f"message {n}: {k!r} must be a string")
+        turn.extra.update(tool_fields(msg, n))
         for item in items:
             if item is None:
                 continue
@@ -88,8 +90,8 @@ def normalize(messages, limits: MediaLimits, resolve_url: Callable[[str], Any] |
         if role != "user" and any(not isinstance(p, str) for p in turn.parts):
             raise InputError(f"message {n}: only user messages may carry images or video")
         turns.append(turn)
-    if turns[-1].role != "user":
-        raise InputError("the last message must come from the user")
+    if turns[-1].role not in ("user", "tool"):
+        raise InputError("the last message must come from the user (or be a tool result)")
     return turns
 
 

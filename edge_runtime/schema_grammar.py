@@ -299,8 +299,11 @@ def _xml_params(conv, schema: dict, key: str) -> str:
                                  "calls (the value is raw text)")
             if "enum" in sub:
                 value = " | ".join(json.dumps(v) for v in sub["enum"])
+            elif "minLength" in sub or "maxLength" in sub:  # counted characters: no "<" at all (one char each)
+                conv._rules["xml-plain"] = "[^<]"
+                value = _build_repetition("xml-plain", sub.get("minLength", 0), sub.get("maxLength"))
             else:
-                value = _build_repetition("xml-char", sub.get("minLength", 0), sub.get("maxLength"))
+                value = "xml-char*"
             value = conv._add_rule(f"{key}-{name}-text", value or '""')
         elif sub.get("type") == "boolean":  # the template writes a bool with `string`: True / False
             value = conv._add_rule(f"{key}-{name}-bool", '"true" | "false" | "True" | "False"')

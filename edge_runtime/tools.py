@@ -257,3 +257,36 @@ def plan(template_source: str | None, tools, tool_choice, parallel: bool = True,
                          "combined with response_format, grammar or json_schema (one grammar shapes the answer); "
                          'use tool_choice "none" with them')
     return ToolPlan(checked, fmt, call_grammar(fmt, checked, choice, parallel), False)
+
+
+def tool_fields(msg: dict, n: int) -> dict:
+    """A message's tool keys, as chat templates read them: an assistant's `tool_calls` (arguments as an
+    object, as vLLM and llama-server hand them to templates; clients send JSON text) and a tool result's
+    `tool_call_id`."""
+    out: dict = {}
+    calls = msg.get("tool_calls")
+    if calls is not None:
+        if msg.get("role") != "assistant" or not isinstance(calls, list):
+            raise InputError(f"message {n}: tool_calls must be a list on an assistant message")
+        norm = []
+        for i, c in enumerate(calls):
+            fn = c.get("function") if isinstance(c, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise InputError(f"message {n}: tool_calls[{i}] needs a function with a name")
+            args = fn.get("arguments", {})
+            if isinstance(args, str):
+                try:
+                    args = json.loads(args) if args.strip() else {}
+                except ValueError:
+                    raise InputError(f"message {n}: tool_calls[{i}].function.arguments is not valid JSON") from None
+            if not isinstance(args, dict):
+                raise InputError(f"message {n}: tool_calls[{i}].function.arguments must be a JSON object")
+            norm.append({"id": c.get("id"), "type": "function", "function": {"name": fn["name"], "arguments": args}})
+        out["tool_calls"] = norm
+    if msg.get("role") == "tool":
+        cid = msg.get("tool_call_id")
+        if cid is not None and not isinstance(cid, str):
+            raise InputError(f"message {n}: tool_call_id must be a string")
+        if cid is not None:
+            out["tool_call_id"] = cid
+    return out

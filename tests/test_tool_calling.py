@@ -10,6 +10,7 @@ import httpx
 import jsonschema
 import pytest
 
+from tests import real_templates
 from tests import template_reference as ref
 from tests.test_server import MODEL, Server
 
@@ -28,7 +29,7 @@ START = [{"role": "system", "content": "You answer with tools when they help."},
 
 @pytest.fixture(scope="module", params=["minicpmv-4.5", "minicpmv-4.6"])
 def served(request, store, tmp_path_factory):
-    res = store.converted(request.param)
+    res = real_templates.converted(store, request.param)
     s = Server(res.text_path.parent, tmp_path_factory.mktemp("log-tools") / "server.log", "-t", "2")
     if request.param == "minicpmv-4.5":
         tok = ref.tokenizer_45()
@@ -49,6 +50,12 @@ def _apply(srv, messages, **kw) -> str:
                    timeout=60)
     assert r.status_code == 200, r.text
     return r.json()["prompt"]
+
+
+def _client(srv):
+    import openai
+
+    return openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=900)
 
 
 def _complete(client, stream: bool, **kw):
@@ -100,14 +107,17 @@ def _history(msgs, message, results):
 @pytest.mark.parametrize("stream", [False, True])
 def test_round_trip(served, stream):
     family, srv, render, vocab = served
-    c = srv.client()
+    c = _client(srv)
     # step 1: the model calls (required: random weights would seldom call on their own)
     want = render(START)
     assert _apply(srv, START) == want
+    # parallel calls allowed: random weights may chain calls until max_tokens ("length"); the complete
+    # ones come back either way
     msg, finish, usage = _complete(c, stream, messages=START, tools=TOOLS, tool_choice="required", temperature=1.0,
-                                   seed=3, max_tokens=300)
-    assert finish == "tool_calls", msg
+                                   seed=3, max_tokens=120)
+    assert finish in ("tool_calls", "length"), msg
     _check_calls(msg["tool_calls"])
+    msg["content"] = None  # a call cut off by max_tokens is not sent back
     assert usage.prompt_tokens == len(vocab.tokenize(want))
     # step 2: the results go back; the answer uses them
     results = [json.dumps({"temp_c": 21, "sky": "clear"}) if t["function"]["name"] == "get_weather" else "09:30"
@@ -133,15 +143,22 @@ def test_round_trip(served, stream):
 
 def test_auto_none_and_parallel(served):
     family, srv, render, vocab = served
-    c = srv.client()
+    c = _client(srv)
     open_tag = vocab.tokenize("<tool_call>")
     assert len(open_tag) == 1  # the real tokenizers have it as one token
     push = {str(open_tag[0]): 100}  # random weights: make the model start a call, then the grammar takes over
     for seed in range(3):
         msg, finish, _ = _complete(c, False, messages=START, tools=TOOLS, temperature=1.0, seed=seed, max_tokens=300,
-                                   logit_bias=push)
+                                   logit_bias=push, parallel_tool_calls=False)
         assert finish == "tool_calls"
         _check_calls(msg["tool_calls"])
+    counts = []
+    for seed in range(4):
+        msg, finish, _ = _complete(c, False, messages=START, tools=TOOLS, tool_choice="required", temperature=1.0,
+                                   seed=seed, max_tokens=200)
+        _check_calls(msg["tool_calls"])
+        counts.append(len(msg["tool_calls"]))
+    assert max(counts) > 1  # parallel calls
     msg, finish, _ = _complete(c, False, messages=START, tools=TOOLS, tool_choice="none", temperature=1.0, seed=0,
                                max_tokens=20, logit_bias=push)
     assert not msg["tool_calls"] and "<tool_call>" not in (msg["content"] or "")
@@ -169,18 +186,19 @@ def test_bad_tool_requests(served, body, param):
 def test_python_api_tool_calls(store):
     from minicpmv_edge.edge_runtime import MiniCPMV
 
-    res = store.converted("minicpmv-4.6")
+    res = real_templates.converted(store, "minicpmv-4.6")
     m = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=2048, n_threads=2)
     try:
-        r = m.chat(START, tools=TOOLS, tool_choice="required", temperature=1.0, seed=2, max_tokens=300)
-        assert r.finish_reason == "tool_calls" and r.tool_calls and r.text == ""
+        r = m.chat(START, tools=TOOLS, tool_choice="required", temperature=1.0, seed=2, max_tokens=300,
+                   parallel_tool_calls=False)
+        assert r.finish_reason == "tool_calls" and len(r.tool_calls) == 1 and r.text == ""
         _check_calls([c.as_openai() for c in r.tool_calls])
         pieces = list(m.chat(START, tools=TOOLS, tool_choice="required", temperature=1.0, seed=2, max_tokens=300,
-                             stream=True))
+                             parallel_tool_calls=False, stream=True))
         streamed = [p.tool_call for p in pieces if p.tool_call is not None]
         assert [(x.name, x.arguments) for x in streamed] == [(x.name, x.arguments) for x in r.tool_calls]
         thought = m.chat(START, tools=TOOLS, tool_choice="required", enable_thinking=True, thinking_budget=6,
-                         temperature=1.0, seed=2, max_tokens=300)
+                         temperature=1.0, seed=2, max_tokens=300, parallel_tool_calls=False)
         assert thought.reasoning and thought.finish_reason == "tool_calls"  # the grammar waits for </think>
         _check_calls([c.as_openai() for c in thought.tool_calls])
     finally:
