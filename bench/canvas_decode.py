@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "canvas-decode-bench"))
+    ap.add_argument("--types", default="F16,Q4_K_M", help="text types to time, comma-separated")
+    ap.add_argument("--rows", default="64,640", help="image rows per frame, comma-separated")
     args = ap.parse_args()
     from minicpmv_edge.convert import convert
     from minicpmv_edge.edge_runtime.engine import Context, Model
@@ -75,10 +77,11 @@ def main() -> None:
         quantize_text(f16, q4, "Q4_K_M", nthread=args.threads)
     rng = np.random.default_rng(0)
     print(f"| text | rows | batched s | one row per decode s | ratio |\n|---|---|---|---|---|")
-    for label, path in (("F16", f16), ("Q4_K_M", q4)):
+    types = args.types.split(",")
+    for label, path in [(t, p) for t, p in (("F16", f16), ("Q4_K_M", q4)) if t in types]:
         model = Model(str(path))
         ctx = Context(model, n_ctx=2048, n_batch=512, n_threads=args.threads)
-        for n in (64, 640):
+        for n in (int(x) for x in args.rows.split(",")):
             side = int(np.ceil(np.sqrt(n)))
             embd = rng.normal(0, 0.02, size=(n, model.n_embd)).astype(np.float32)
             hw = np.stack(np.divmod(np.arange(n), side))
