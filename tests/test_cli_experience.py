@@ -62,7 +62,7 @@ def test_interactive_commands_with_piped_stdout(folder, photo):
 
 def test_ctrl_c_stops_the_answer_and_keeps_the_conversation(folder):
     proc = subprocess.Popen([sys.executable, "-m", "minicpmv_edge", "run", folder, "-n", "100000", "--ignore-eos",
-                             "--temp", "0", "-t", "1", "-c", "8192"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             "--temp", "0", "-t", "1", "-c", "512"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=_env())
     out: list[bytes] = []
     reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(1), b"")), daemon=True)
