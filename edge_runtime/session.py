@@ -177,7 +177,8 @@ class Session:
             cut = len(plan) - self._tail_units(plan, tail)
             if not self.ctx.model.can_truncate and keep <= cut:  # (at the end when the tail is empty)
                 evaluated, encode_ms = self._evaluate(plan[keep:cut], chunks)
-                self._take_snapshot()
+                if self._snapshot_units != self.units:  # a regenerate restores to where it already is
+                    self._take_snapshot()
                 more, more_ms = self._evaluate(plan[cut:], chunks)
                 evaluated, encode_ms = evaluated + more, encode_ms + more_ms
             else:

@@ -99,7 +99,7 @@ CASES = [
     ("data-not-base64", _image("data:image/png;base64,@@@"), 400, ["base64"], None),
     ("data-garbage", _image(_b64(b"not an image" * 20)), 400, ["data URL: not a readable image"], None),
     ("data-bomb", _image(_b64(png_bomb(12000, 12000))), 400, ["144000000 pixels, over the limit"], None),
-    ("marker-in-text", _user("look <__media__> here"), 400, ["media marker <__media__>"], None),
+    ("marker-in-text", _user("look <__media__> here"), 400, ["media marker '<__media__>'"], None),
 ]
 
 

@@ -275,6 +275,6 @@ def test_hostile_video_file_and_marker(m45, tmp_path):
     with pytest.raises(MediaError, match="clip.mp4: not a readable video|clip.mp4: file has no video stream|clip.mp4: cannot decode"):
         _ask(m, {"type": "video", "video": str(bad)})
     # the media marker is reserved for images: in user text it is refused, naming it
-    with pytest.raises(InputError, match="media marker <__media__>"):
+    with pytest.raises(InputError, match="media marker '<__media__>'"):
         m.chat([{"role": "user", "content": "look: <__media__>"}], max_tokens=1)
     assert m.chat([{"role": "user", "content": "fine"}], max_tokens=1).finish_reason in ("stop", "length")
