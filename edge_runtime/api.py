@@ -28,8 +28,8 @@ from .engine import Bitmap, Context, Model, Vision
 from .media import Image, MediaLimits
 from .messages import Turn, Video, normalize
 from .prompt import PromptFormat, RenderedPrompt
-from .generate import GenerateOptions, generate
-from .grammar import resolve as resolve_grammar
+from . import chat_args
+from .generate import generate
 from .results import ChatResult, Piece, Timings  # noqa: F401  (public names of this module)
 from .load_checks import resolve_n_ctx
 from .sampling import model_defaults
@@ -263,36 +263,8 @@ class MiniCPMV:
         return self._prepare(messages, _arguments(bound.arguments))[0]
 
     def _prepare(self, messages, a: dict):
-        """chat()'s arguments -> (prompt, bitmaps, GenerateOptions, in_think, tail)."""
-        given = {k: a[k] for k in ("max_tokens", "temperature", "top_k", "top_p", "min_p", "typical_p",
-                                   "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty", "seed")
-                 if a[k] is not None}
-        if a["stop"] is not None:
-            given["stop"] = (a["stop"],) if isinstance(a["stop"], str) else tuple(a["stop"])
-        if a["logit_bias"]:
-            given["logit_bias"] = self.token_biases(a["logit_bias"])
-        sampling = replace(self.sampling_defaults, ignore_eos=bool(a["ignore_eos"]), **given).validated()
-        user_grammar = resolve_grammar(a["grammar"], a["json_schema"], a["response_format"])
-        tp = self.tool_plan(a["tools"], a["tool_choice"], a["parallel_tool_calls"], constrained=user_grammar is not None)
-        if tp.ban_open:
-            sampling = self._ban_tool_calls(sampling)
-        opts = GenerateOptions(sampling=sampling, reasoning_format=a["reasoning_format"],
-                               thinking_budget=a["thinking_budget"], budget_message=a["thinking_budget_message"],
-                               grammar=user_grammar or tp.grammar, logprobs=bool(a["logprobs"]),
-                               top_logprobs=a["top_logprobs"], tools=tuple(tp.tools) if tp.fmt else (),
-                               tool_format=tp.fmt).validated()
-        if user_grammar is not None:
-            user_grammar.check(self.model)
-        # a list of Turns was normalized already (the server decodes images before queueing)
-        turns = list(messages) if messages and all(isinstance(m, Turn) for m in messages) \
-            else normalize(messages, self.limits)
-        kwargs = dict(a["chat_template_kwargs"] or {})
-        thinking = kwargs.pop("enable_thinking", a["enable_thinking"])
-        turns = self.expand_videos(turns, thinking, reserve=sampling.max_tokens)
-        rendered, bitmaps = self.render(turns, thinking, tp.tools or None, **kwargs)
-        # the rendered prompt says whether the model starts inside <think> and which end of it the
-        # next turn's history drops (session.py snapshots recurrent state before that tail)
-        return rendered.text, bitmaps, opts, rendered.in_think, rendered.tail
+        """chat()'s arguments -> (prompt, bitmaps, GenerateOptions, in_think, tail): chat_args.py."""
+        return chat_args.prepare(self, messages, a)
 
     def expand_videos(self, turns: list[Turn], enable_thinking: bool = False, reserve: int | None = None) -> list[Turn]:
         """Turns with every video part expanded into its prompt units (video.py), each new video
@@ -324,53 +296,11 @@ class MiniCPMV:
 
     def tool_plan(self, tools, tool_choice=None, parallel_tool_calls: bool = True, constrained: bool = False):
         """What tools / tool_choice / parallel_tool_calls mean for this model (tools.plan); the grammar is compiled."""
-        from .tools import plan
-
-        p = plan(self._chat_template_source(), tools, tool_choice, parallel_tool_calls, constrained)
-        if p.grammar is not None:
-            p.grammar.check(self.model)
-        return p
-
-    def _ban_tool_calls(self, sampling):
-        """tool_choice none: the opening tag of a call gets -inf (a stop string when it is not one token)."""
-        from .tools import OPEN
-
-        ids = self.model.tokenize(OPEN)
-        if len(ids) == 1:
-            return replace(sampling, logit_bias=sampling.logit_bias + ((ids[0], float("-inf")),))
-        return replace(sampling, stop=sampling.stop + (OPEN,))
-
-    def _chat_template_source(self) -> str | None:
-        if not hasattr(self, "_template_source"):
-            self._template_source = read_info(self.model.path).get("tokenizer.chat_template")
-        return self._template_source
+        return chat_args.tool_plan(self, tools, tool_choice, parallel_tool_calls, constrained)
 
     def token_biases(self, bias) -> tuple[tuple[int, float], ...]:
-        """{token id | text: bias} or [[token id | text, bias], ...]; text is tokenized (as llama-server);
-        False bans a token (-inf)."""
-        items = bias.items() if isinstance(bias, dict) else bias
-        out = []
-        try:
-            pairs = [(k, v) for k, v in items]
-        except (TypeError, ValueError):
-            raise InputError("logit_bias must be a mapping {token: bias} or a list of [token, bias] pairs") from None
-        for key, value in pairs:
-            if value is False:
-                value = float("-inf")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InputError(f"logit_bias: the bias of {key!r} must be a number or false, got {value!r}")
-            if isinstance(key, str) and key.lstrip("-").isdigit():
-                key = int(key)
-            if isinstance(key, int) and not isinstance(key, bool):
-                if not 0 <= key < self.model.n_vocab:
-                    raise InputError(f"logit_bias: token {key} is outside the vocabulary (0..{self.model.n_vocab - 1})")
-                out.append((key, float(value)))
-            elif isinstance(key, str) and key:
-                out += [(t, float(value)) for t in self.model.tokenize(key, parse_special=False)]
-            else:
-                raise InputError(f"logit_bias: {key!r} is neither a token id nor text")
-        return tuple(out)
-
+        """{token id | text: bias} or [[token id | text, bias], ...] -> (token id, bias) pairs (chat_args.py)."""
+        return chat_args.token_biases(self.model, bias)
 
 def _arguments(values: dict) -> dict:
     """chat()'s keyword arguments from its locals() (or a signature binding)."""

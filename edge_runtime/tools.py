@@ -118,13 +118,12 @@ def _xml_value(text: str, schema: dict):
     """A parameter's text -> its value, by the parameter's schema (qwen3_coder's rules)."""
     types = schema.get("type")
     types = types if isinstance(types, list) else [types] if types else []
-    if "string" in types and not any(t in types for t in ("null",)) or (not types and "enum" in schema
-                                                                          and all(isinstance(e, str) for e in schema["enum"])):
+    if text == "None" and ("null" in types or not types):
+        return None  # the template writes Python's None with `string`
+    if "string" in types or (not types and schema.get("enum") and all(isinstance(e, str) for e in schema["enum"])):
         return text
     if text in ("True", "False") and ("boolean" in types or not types):
-        return text == "True"  # the template writes Python booleans with `string`
-    if text == "None" and ("null" in types or not types):
-        return None
+        return text == "True"  # ... and Python's booleans
     try:
         return json.loads(text)
     except ValueError:
