@@ -55,6 +55,19 @@ def test_help_shows_defaults():
     assert "(default: 128)" in _sub("quality").format_help()
 
 
+@pytest.mark.parametrize("name", ["convert", "inspect", "chat", "run", "quantize", "quality", "serve", "demo",
+                                  "export-vision"])
+def test_each_option_states_one_default(name):
+    from minicpmv_edge.cli._common import HelpFormatter
+
+    fmt = HelpFormatter(name)
+    for action in _sub(name)._actions:
+        text = fmt._expand_help(action) if action.help else ""
+        assert text.count("(default:") <= 1, (action.option_strings, text)
+    threads = next(a for a in _sub("convert")._actions if a.dest == "threads")
+    assert "(default: min(4, cores) converting, physical cores quantizing;" in HelpFormatter("c")._expand_help(threads)
+
+
 def test_quantize_takes_llama_quantize_positional_form():
     args = build_parser().parse_args(["quantize", "in.gguf", "out.gguf", "Q4_K_M", "4"])
     assert (args.pos_type, args.pos_threads) == ("Q4_K_M", 4)
@@ -89,3 +102,35 @@ def test_numbers_out_of_range_exit_2_with_one_line(argv, flag):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith(f"minicpmv-edge {argv[0]}: error: argument {flag}") and "Traceback" not in r.stderr
+
+
+def test_swapped_commands_say_which_fits(store, tmp_path):
+    from tests.hostile_helpers import assert_one_line_error, run_cli
+
+    res = store.converted("minicpmv-4.5")
+    folder = res.text_path.parent
+    rc, out, err = run_cli("run", res.text_path, "-p", "hi")
+    assert_one_line_error(rc, err, res.text_path.name, "`run` takes a converted folder",
+                          f"minicpmv-edge chat -m {res.text_path} --mmproj MMPROJ.gguf")
+    rc, out, err = run_cli("chat", "-m", folder, "--mmproj", res.mmproj_path, "-p", "hi")
+    assert_one_line_error(rc, err, "`chat -m` takes a GGUF file", f"minicpmv-edge run {folder}")
+    assert out == ""
+    rc, out, err = run_cli("serve", res.text_path)
+    assert_one_line_error(rc, err, "`serve` takes a converted folder", f"minicpmv-edge serve -m {res.text_path}")
+    rc, out, err = run_cli("serve", "-m", folder)
+    assert_one_line_error(rc, err, "`serve -m` takes a GGUF file", f"minicpmv-edge serve {folder}")
+
+
+def test_serve_on_a_busy_port_fails_before_announcing(store):
+    import socket
+
+    folder = store.converted("minicpmv-4.5").text_path.parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = cli("serve", str(folder), "--port", str(port), "-t", "1", timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "serving" not in r.stdout  # never announced
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"minicpmv-edge serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"], lines

@@ -94,9 +94,9 @@ positive_int = int_range(1, None, "a positive integer")
 positive_float = float_range(0.0, None, lo_open=True, name="a positive number")
 
 
-def add_threads(p, what: str = "CPU threads") -> None:
+def add_threads(p, what: str = "CPU threads", default: str = "physical cores") -> None:
     p.add_argument("-t", "--threads", type=threads_type, default=None, metavar="N",
-                   help=f"{what} (default: physical cores; at most {GGML_MAX_N_THREADS})")
+                   help=f"{what} (default: {default}; at most {GGML_MAX_N_THREADS})")
 
 
 def add_json(p) -> None:

@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-intermediate", action="store_true",
                    help="with --quant: keep the unquantized text GGUF (recorded in manifest.json)")
     p.add_argument("--family", help="override family detection (2.6, 4.0, 4.5, 4.6 or minicpmv-X)")
-    add_threads(p, "threads converting tensors and quantizing (default: min(4, cores) converting)")
+    add_threads(p, "threads converting tensors and quantizing",
+                "min(4, cores) converting, physical cores quantizing")
     add_json(p)
     p.set_defaults(run=run)
 

@@ -57,6 +57,12 @@ def add_parser(sub) -> None:
 def _paths(args) -> tuple[Path, Path | None, str]:
     if args.folder and args.model:
         raise InputError("give either OUT_DIR or -m MODEL.gguf, not both")
+    if args.folder and Path(args.folder).is_file():  # as chat/run: say which form fits
+        raise InputError(f"`serve` takes a converted folder; for GGUF files use: minicpmv-edge serve -m {args.folder} "
+                         "--mmproj MMPROJ.gguf", args.folder)
+    if args.model and Path(args.model).is_dir():
+        raise InputError(f"`serve -m` takes a GGUF file; for a converted folder use: minicpmv-edge serve {args.model}",
+                         args.model)
     if args.folder:
         from ..manifest import Manifest
 
