@@ -108,9 +108,10 @@ def add_load_flags(p) -> None:
     add_threads(p)
     p.add_argument("-c", "--ctx-size", type=int_range(0, None, "a context size"), default=4096, metavar="N",
                    help="context size in tokens; 0 = the model's training context (as llama.cpp)")
-    p.add_argument("-ngl", "--n-gpu-layers", type=int_range(-1, None, "a layer count"), default=0, metavar="N",
+    p.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int_range(-1, None, "a layer count"), default=0,
+                   metavar="N",
                    help="layers to offload to the GPU, -1 = all (needs a Metal/CUDA/Vulkan build of llama.cpp)")
-    p.add_argument("--mmproj-gpu", action="store_true",
+    p.add_argument("--mmproj-gpu", "--mmproj-offload", action="store_true",
                    help="run the vision encoder on the GPU backend (needs a GPU build of llama.cpp)")
     p.add_argument("--max-slices", type=int_range(1, 9, "a slice count"), default=None, metavar="N",
                    help="cap on LLaVA-UHD slices per image, 1-9 (default: the model's)")

@@ -28,7 +28,7 @@ def _common(p) -> None:
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image (repeatable)")
     add_video_flags(p)
     p.add_argument("-p", "--prompt", help="one-shot prompt; without it, chat interactively")
-    p.add_argument("--system", help="system prompt")
+    p.add_argument("--system", "-sys", "--system-prompt", help="system prompt")
     p.add_argument("--think", action="store_true", help="enable thinking (4.5, 4.6)")
     from .sampling_flags import add_sampling_flags
 
