@@ -155,6 +155,7 @@ def test_reasoning_controls(srv):
     ({"reasoning_format": "deepseek-legacy"}, "reasoning_format"),
     ({"chat_template_kwargs": {"enable_thinking": "yes"}}, "chat_template_kwargs.enable_thinking"),
     ({"stream_options": {"include_usage": True, "continuous_usage_stats": True}}, "stream_options"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
 ])
 def test_unimplemented_or_bad_fields_are_refused(srv, body, param):
     req = {"model": MODEL, "messages": [user("hi")], "max_tokens": 2, **body}

@@ -42,6 +42,8 @@ _DIRECT = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "mi
 def plan(body, model, config) -> Plan:
     """Runs off the event loop (it may compile a grammar)."""
     kw: dict = {}
+    if body.stream_options is not None and not body.stream:  # as OpenAI: it would change nothing
+        raise FieldError("stream_options", "only allowed with stream: true")
     for field, arg in _DIRECT.items():
         value = getattr(body, field)
         if value is not None:
