@@ -148,7 +148,7 @@ def test_core_install_converts_and_names_missing_extras(store, fresh_venv, shado
 def test_runtime_extra_runs_quantizes_and_compares(store, fresh_venv, shadow_dir, tmp_path, wheel):
     links = _cached_llama_wheel(tmp_path / "links")
     r = _run([fresh_venv / "bin" / "python", "-m", "pip", "install", "-q", "--find-links", links,
-              f"{wheel[0]}[runtime,video]"], timeout=900)
+              f"{wheel[0]}[runtime]"], timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ckpt = store.checkpoint("minicpmv-4.5")
     out = tmp_path / "out"
@@ -156,6 +156,24 @@ def test_runtime_extra_runs_quantizes_and_compares(store, fresh_venv, shadow_dir
              "--json", "-t", "2")
     assert r.returncode == 0, r.stdout + r.stderr
     conv = json.loads(r.stdout)
+    # the runtime without the video extra: one line naming it, before the model loads
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\0" * 64)
+    for argv in (["run", out, "--video", clip, "-p", "hi"],
+                 ["chat", "-m", conv["text"], "--mmproj", conv["mmproj"], "--video", clip, "-p", "hi"]):
+        r = _cli(fresh_venv, shadow_dir, *argv, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (argv, r.stderr)
+        assert "needs PyAV, scipy: pip install 'minicpmv-edge[video]'" in lines[0], lines
+    r = _run([fresh_venv / "bin" / "python", "-c", "from minicpmv_edge.edge_runtime import MiniCPMV\n"
+              f"m = MiniCPMV({conv['text']!r}, {conv['mmproj']!r}, n_ctx=512, n_threads=1)\n"
+              "from minicpmv_edge.errors import MissingExtraError\n"
+              "try:\n"
+              f"    m.chat([{{'role': 'user', 'content': [{{'type': 'video', 'video': {str(clip)!r}}}, 'hi']}}])\n"
+              "except MissingExtraError as e:\n"
+              "    print('refused:', e)\n"], cwd=shadow_dir)
+    assert r.returncode == 0 and "refused: video input needs PyAV: pip install 'minicpmv-edge[video]'" in r.stdout, \
+        r.stdout + r.stderr[-2000:]
     r = _cli(fresh_venv, shadow_dir, "run", out, "-p", "Hello", "-n", "4", "--temp", "0", "--json", "-t", "2")
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["usage"]["completion_tokens"] >= 1
@@ -168,3 +186,30 @@ def test_runtime_extra_runs_quantizes_and_compares(store, fresh_venv, shadow_dir
     text = json.loads(r.stdout)["text"]  # package data (quantize/data/corpus.txt) was found
     assert text["n_tokens"] > 0 and 0.0 <= text["kl_mean"] and 0.0 <= text["top1"] <= 1.0
     assert Path(conv["text"]).name.endswith("-q8_0.gguf")
+
+
+def test_setup_script_announces_each_step_and_hides_setuptools_warnings(tmp_path):
+    """scripts/_setup.sh (sourced by ./scripts/demo and ./scripts/test) on a fresh clone: every line it
+    prints says what it does, the llama.cpp compile is announced before pip starts it, and
+    setuptools'/pip's chatter stays out of sight. pip's cache is empty here, so the script must
+    take the compile branch; pip then finds llama-cpp-python's wheel in a local folder instead of
+    compiling for 13 minutes (what the message announces is pip's choice, not the script's)."""
+    clone = tmp_path / "clone"
+    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                               ".pytest_cache", "out", ".whl", ".gl", ".device"))
+    links = _cached_llama_wheel(tmp_path / "links")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PIP_REQUIRE_VIRTUALENV")}
+    env.update(PIP_CACHE_DIR=str(tmp_path / "pip-cache"), PIP_FIND_LINKS=str(links), PYTHON=sys.executable,
+               TMPDIR=str(tmp_path))
+    r = _run(["bash", "-c", ". scripts/_setup.sh runtime && python -c 'import minicpmv_edge, llama_cpp; "
+                            "print(minicpmv_edge.__file__)'"], cwd=clone, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.strip() == str(clone / "minicpmv_edge" / "__init__.py")  # nothing else on stdout; editable
+    lines = r.stderr.strip().splitlines()
+    assert all(ln.startswith("[setup] ") for ln in lines), r.stderr  # no setuptools/pip warnings
+    assert lines[0].startswith("[setup] creating .venv with Python 3."), lines
+    compile_at = next(i for i, ln in enumerate(lines) if "pip compiles llama.cpp from source now, about 13 minutes" in ln)
+    install_at = lines.index("[setup] installing minicpmv-edge[runtime] into .venv (editable)")
+    assert compile_at < install_at, lines  # said before the step that compiles
+    assert lines[-1] == "[setup] ready: minicpmv-edge 0.1.0", lines
+    assert not list(tmp_path.glob("minicpmv-edge-setup.*.log"))  # the pip log is removed after a success

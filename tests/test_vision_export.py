@@ -54,9 +54,28 @@ def onnx_exports(store, tmp_path_factory):
                             out.append((ch // 14, cw // 14))
                 return sorted(set(out))
 
-            cache[family] = export_vision(store.checkpoint(family), root / family, "onnx", grids=grids, verify=False)
+            from minicpmv_edge import progress
+
+            real, bars = progress.bar, []  # record the export's progress bars (test_export_progress)
+
+            def recording(total, desc, unit="B"):
+                bars.append(rec := {"total": total, "desc": desc, "unit": unit, "n": 0})
+
+                class Bar(progress._Off):
+                    def update(self, n=1):
+                        rec["n"] += n
+                return Bar()
+
+            progress.bar = recording
+            try:
+                cache[family] = export_vision(store.checkpoint(family), root / family, "onnx", grids=grids,
+                                              verify=False)
+            finally:
+                progress.bar = real
+            cache[family + ":bars"] = bars
         return cache[family]
 
+    get.cache = cache
     return get
 
 
@@ -203,3 +222,11 @@ def test_bad_inputs(store, onnx_exports, tmp_path):
         OnnxVisionEncoder(tmp_path / "cm")
     with pytest.raises(InputError, match="no metadata.json"):
         OnnxVisionEncoder(tmp_path)
+
+
+def test_export_progress(onnx_exports):
+    """export-vision reports one step per ONNX graph (the CLI draws it as a tqdm bar, as convert's)."""
+    res = onnx_exports("minicpmv-4.5")
+    steps = [b for b in onnx_exports.cache["minicpmv-4.5:bars"] if b["desc"] == "exporting ONNX graphs"]
+    assert len(steps) == 1 and steps[0]["unit"] == "graph"
+    assert steps[0]["total"] == len(res.metadata["files"]) == steps[0]["n"] >= 1, steps
