@@ -159,6 +159,28 @@ def test_model_defaults_from_general_sampling_keys():
     assert model_defaults({"general.sampling.top_p": "lots"}.get).top_p == SamplingOptions().top_p
 
 
+@pytest.mark.parametrize("family", ["minicpmv-4.5", "minicpmv-4.6"])
+def test_converted_model_samples_with_its_generation_config(store, family):
+    """generation_config.json -> general.sampling.* (convert, as llama.cpp's converter) -> the defaults chat()
+    samples with when the caller sets nothing; fields it lacks keep the model card's values."""
+    gen = json.loads((store.checkpoint(family) / "generation_config.json").read_text())
+    card = SamplingOptions()
+    want = dict(temperature=gen.get("temperature", card.temperature), top_k=gen.get("top_k", card.top_k),
+                top_p=gen.get("top_p", card.top_p), min_p=gen.get("min_p", card.min_p),
+                repeat_penalty=gen.get("repetition_penalty", card.repeat_penalty))
+    res = store.converted(family)
+    m = MiniCPMV(res.text_path, None, n_ctx=512, n_threads=2)
+    try:
+        assert {k: getattr(m.sampling_defaults, k) for k in want} == pytest.approx(want, rel=1e-6)
+        plain = m.chat(MSGS, max_tokens=16, seed=7, logprobs=True)
+        assert _ids(plain) == _ids(m.chat(MSGS, max_tokens=16, seed=7, logprobs=True, **want))
+        card_values = {k: getattr(card, k) for k in want}
+        if card_values != want:  # the model's values, not the card's, reached the sampler
+            assert _ids(plain) != _ids(m.chat(MSGS, max_tokens=16, seed=7, logprobs=True, **card_values))
+    finally:
+        m.close()
+
+
 def test_cli_flags(m45):
     res, m = m45
     folder = str(res.text_path.parent)
