@@ -170,3 +170,27 @@ def test_llama_mtmd_cli_interactive_commands_are_ours(llama_src):
     for cmd in theirs - {"/audio"}:
         assert re.search(rf"{cmd}\b", HELP), cmd
         assert f"`{cmd}" in _section("Names") or f"{cmd}`" in DOC, cmd
+
+
+def test_convert_quant_takes_an_imatrix(store, tmp_path):
+    """`convert --quant IQ2_XXS --imatrix FILE` as `llama-quantize --imatrix FILE IN OUT IQ2_XXS`: the
+    importance matrix reaches llama.cpp's quantizer (its keys in the output, IQ2_XXS tensors)."""
+    import json
+
+    from gguf import GGMLQuantizationType as Q
+
+    from minicpmv_edge.gguf_info import read_info
+    from tests.hostile_helpers import run_cli
+    from tests.test_quantize import write_imatrix_gguf
+
+    res = store.converted("minicpmv-4.5")
+    imx = write_imatrix_gguf(res.text_path, tmp_path / "imatrix.gguf")
+    out = tmp_path / "o"
+    rc, stdout, err = run_cli("convert", store.checkpoint("minicpmv-4.5"), "-o", out, "--quant", "IQ2_XXS",
+                              "--imatrix", imx, "-t", "1", "--json")
+    assert rc == 0, err
+    info = read_info(json.loads(stdout)["text"])
+    assert info.get("quantize.imatrix.file") == str(imx)
+    assert any(t.ggml_type == Q.IQ2_XXS for t in info.tensors)
+    rc, _, err = run_cli("convert", store.checkpoint("minicpmv-4.5"), "-o", tmp_path / "o2", "--quant", "IQ2_XXS")
+    assert rc == 2 and "importance matrix" in err and not (tmp_path / "o2").exists(), err

@@ -213,3 +213,21 @@ def test_setup_script_announces_each_step_and_hides_setuptools_warnings(tmp_path
     assert compile_at < install_at, lines  # said before the step that compiles
     assert lines[-1] == "[setup] ready: minicpmv-edge 0.1.0", lines
     assert not list(tmp_path.glob("minicpmv-edge-setup.*.log"))  # the pip log is removed after a success
+
+
+def test_ci_runs_the_readme_test_command():
+    """README's set-up is two commands from a fresh clone, each installing what it needs; CI runs the
+    second one exactly as written there."""
+    import re
+
+    block = re.search(r"## Set-up: two commands from a fresh clone\n\n```bash\n(.*?)```", (ROOT / "README.md").read_text(),
+                      re.S).group(1)
+    commands = [ln.split("#")[0].strip() for ln in block.splitlines() if ln.strip()]
+    assert commands == ["./scripts/demo", "./scripts/test"], commands
+    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+          if ln.strip() and not ln.startswith(("#", "set ", "cd "))]
+    assert ci == [commands[1]], ci
+    for script, extra in (("demo", "fixtures"), ("test", "dev")):
+        text = (ROOT / "scripts" / script).read_text()
+        assert f'_setup.sh" {extra}' in text, script  # installs what it needs before running
+        assert os.access(ROOT / "scripts" / script, os.X_OK), script
