@@ -19,7 +19,12 @@ models/minicpm_ocr/modular_minicpm_ocr.py; this is our own implementation of the
 - refined image: the cell size (w/cols, h/rows after rounding to the grid) resized as above with
   upscaling allowed, times the grid; slices are its row-major tiles.
 - resize: PIL bicubic on the uint8 image; rescale x*(1/255) in float64 cast to float32; then
-  (x - mean) / std in float32.
+  (x - mean) / std in float32 (4.6 / 4.7: `MiniCPMV4_6ImageProcessorPil`, what transformers picks
+  without torchvision).
+- MiniCPM-OCR 1.0 ships only a torchvision image processor (`MiniCPMOcrImageProcessor`): the same
+  geometry, resized by torch's uint8 antialiased bicubic and normalised fused in float32, which is
+  the video processor's arithmetic (video_frames.py); `ImageSpec.resample = "torch"` selects it.
+  PIL's weights move 0.3-0.9% of the pixels by 1-2 levels against it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class ImageSpec:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     small_image_upsize: str = "always"  # OCR: "never" keeps small unsliced images at native size
+    resample: str = "pil"  # "pil": the PIL image processor; "torch": the torchvision one (OCR, video)
 
     @property
     def merge(self) -> int:
@@ -52,7 +58,7 @@ class ImageSpec:
 
     def key(self) -> str:
         return (f"{self.scale_resolution}/{self.patch_size}/{self.downsample_mode}/{self.max_slice_nums}/"
-                f"{int(self.slice_mode)}/{self.mean}/{self.std}/{self.small_image_upsize}")
+                f"{int(self.slice_mode)}/{self.mean}/{self.std}/{self.small_image_upsize}/{self.resample}")
 
 
 @dataclass
@@ -148,6 +154,11 @@ def _resize(img, width: int, height: int):
 def layout(rgb: np.ndarray, spec: ImageSpec) -> ImageLayout:
     """Crops of one HxWx3 uint8 image, in the order the processor emits them."""
     from PIL import Image as PILImage
+
+    if spec.resample == "torch":
+        from .video_frames import layout as torch_layout  # video_frames builds on this module
+
+        return torch_layout(rgb, spec)
 
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     height, width = rgb.shape[:2]

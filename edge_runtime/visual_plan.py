@@ -241,6 +241,9 @@ class VisualPlanner:
         return encode_ms
 
 
+TORCH_RESAMPLE_FAMILIES = {"minicpm-ocr-1.0": "torch"}
+
+
 def specs_from_gguf(kv: dict, mm_kv: dict, max_slices: int | None) -> tuple[ImageSpec, ImageSpec]:
     """Image and video processor settings from the text GGUF's minicpmv_edge.* keys and the mmproj."""
     from minicpmv_edge import schema
@@ -250,12 +253,21 @@ def specs_from_gguf(kv: dict, mm_kv: dict, max_slices: int | None) -> tuple[Imag
     mean = tuple(float(x) for x in mm_kv.get("clip.vision.image_mean", [0.5] * 3))[:3]
     std = tuple(float(x) for x in mm_kv.get("clip.vision.image_std", [0.5] * 3))[:3]
     cap = int(kv.get(schema.EDGE_SLICE_MAX, 9))
+    upsize = str(kv.get(schema.EDGE_SMALL_IMAGE_UPSIZE, "always"))
+    if upsize not in ("always", "never"):  # the converter refuses it; a GGUF edited or written elsewhere may not
+        from minicpmv_edge.errors import UnsupportedModelError
+
+        raise UnsupportedModelError(f"{schema.EDGE_SMALL_IMAGE_UPSIZE} = {upsize!r}: the runtime reproduces the "
+                                    "processor's 'always' and 'never' only ('adaptive' needs its OpenCV glyph "
+                                    "classifier)")
     base = dict(scale_resolution=int(kv.get(schema.EDGE_SLICE_SIZE, mm_kv.get(schema.CLIP_IMAGE_SIZE, 448))),
                 patch_size=int(kv.get(schema.EDGE_PATCH_SIZE, mm_kv.get("clip.vision.patch_size", 14))),
                 downsample_mode=mode, slice_mode=bool(kv.get(schema.EDGE_SLICE_MODE, True)), mean=mean, std=std,
-                small_image_upsize=str(kv.get(schema.EDGE_SMALL_IMAGE_UPSIZE, "always")))
-    image = ImageSpec(max_slice_nums=min(max_slices or cap, cap), **base)
-    video = ImageSpec(max_slice_nums=int(kv.get(schema.EDGE_VIDEO_MAX_SLICE, 1)), **base)
+                small_image_upsize=upsize)
+    # the image processor class each family's checkpoint ships: OCR 1.0 only a torchvision one
+    resample = TORCH_RESAMPLE_FAMILIES.get(str(kv.get(schema.EDGE_FAMILY, "")), "pil")
+    image = ImageSpec(max_slice_nums=min(max_slices or cap, cap), resample=resample, **base)
+    video = ImageSpec(max_slice_nums=int(kv.get(schema.EDGE_VIDEO_MAX_SLICE, 1)), resample="torch", **base)
     return image, video
 
 

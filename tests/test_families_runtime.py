@@ -76,3 +76,43 @@ def test_server_serves_images(store, tmp_path, family):
         assert r.usage.prompt_tokens > t.usage.prompt_tokens + 100  # overview + slices
     finally:
         srv.stop()
+
+
+def _with_kv(src: Path, dst: Path, key: str, value: str) -> Path:
+    """A copy of a GGUF with one string key set (what an edited file or another tool might carry)."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    r = GGUFReader(str(src))
+    w = GGUFWriter(str(dst), r.fields["general.architecture"].contents())
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name in ("general.architecture", key):
+            continue
+        vtype = f.types[0]
+        w.add_key_value(f.name, f.contents(), vtype, sub_type=f.types[-1] if vtype == GGUFValueType.ARRAY else None)
+    w.add_string(key, value)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data), raw_shape=list(reversed(t.shape.tolist())), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+def test_ocr_adaptive_upsize_in_a_gguf_is_refused(store, tmp_path):
+    """The converter refuses `adaptive`; a GGUF that carries it anyway is refused at load, not run with
+    the 'never' sizes."""
+    from minicpmv_edge import schema
+    from minicpmv_edge.errors import UnsupportedModelError
+
+    res = store.converted("minicpm-ocr-1.0")
+    text = _with_kv(Path(res.text_path), tmp_path / "ocr-adaptive.gguf", schema.EDGE_SMALL_IMAGE_UPSIZE, "adaptive")
+    with pytest.raises(UnsupportedModelError, match=r"small_image_upsize = 'adaptive': .*'always' and 'never' only"):
+        MiniCPMV(text, res.mmproj_path, n_ctx=1024, n_threads=1)
+    never = _with_kv(Path(res.text_path), tmp_path / "ocr-never.gguf", schema.EDGE_SMALL_IMAGE_UPSIZE, "never")
+    m = MiniCPMV(never, res.mmproj_path, n_ctx=1024, n_threads=1)
+    try:
+        spec = m.session.planner.image_spec
+        assert (spec.small_image_upsize, spec.resample) == ("never", "torch")  # OCR's torchvision processor
+    finally:
+        m.close()

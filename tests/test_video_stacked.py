@@ -78,10 +78,13 @@ CASES = {  # stack_frames, max_num_frames, clip (frames, fps)
 }
 
 
-@pytest.fixture(scope="module", params=["minicpmv-4.6", "minicpmv-4.7"])
+MODEL_TYPES = {"minicpmv-4.6": "minicpmv4_6", "minicpmv-4.7": "minicpmv4_7", "minicpm-ocr-1.0": "minicpm_ocr"}
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL_TYPES))
 def loaded(request, store):
     res = store.converted(request.param)
-    model_type = {"minicpmv-4.6": "minicpmv4_6", "minicpmv-4.7": "minicpmv4_7"}[request.param]
+    model_type = MODEL_TYPES[request.param]
     ref = Reference(res.manifest.source, model_type)
     m = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=4096, n_threads=1)
     yield request.param, m, ref

@@ -6,14 +6,14 @@ from the checkpoint's processor class (`MiniCPMV4_6Processor` / `MiniCPMV4_7Proc
 processor is 4.6's) running its own placeholder expansion, image ids, tokenizer and, for 4.7,
 `mm_token_type_ids`; positions are the model's own (`get_rope_index` for 4.7).
 
-One substitution, because torchvision is not installed here (and PyPI's torchvision needs a newer
-torch than the pinned CPU build): transformers' processors take a video processor and OCR's image
-processor exists only as a torchvision class. Images therefore go through
-`MiniCPMV4_6ImageProcessorPil` (what AutoImageProcessor picks without torchvision; OCR's
-processor with its default small_image_upsize="always" applies the same rules), and video frames
-through that same PIL processor with the video settings, packed exactly as
-MiniCPMV4_6VideoProcessor packs them (NaViT, `target_sizes_videos`, `grids_videos`); the video
-placeholder text is still built by the processor's own `replace_video_token`.
+torchvision is not installed here (PyPI's torchvision needs a newer torch than the pinned CPU
+build). 4.6 / 4.7 images go through `MiniCPMV4_6ImageProcessorPil` (what AutoImageProcessor picks
+without torchvision); OCR images through OCR's own `MiniCPMOcrImageProcessor` (a torchvision class)
+with torchvision's resize and normalize replaced by the torch ops torchvision runs
+(tests/reference/video_processor.py). In this module's `inputs(videos=...)` video frames go through
+the image processor with the video settings, packed as MiniCPMV4_6VideoProcessor packs them (NaViT,
+`target_sizes_videos`, `grids_videos`), the placeholder text from the processor's own
+`replace_video_token`; tests/test_video_stacked.py runs the real video processors instead.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ import torch
 
 def _classes(model_type: str):
     import transformers as tf
+    from transformers.models.minicpm_ocr.processing_minicpm_ocr import MiniCPMOcrProcessor
     from transformers.models.minicpmv4_6.processing_minicpmv4_6 import MiniCPMV4_6Processor
     from transformers.models.minicpmv4_7.processing_minicpmv4_7 import MiniCPMV4_7Processor
 
     return {
         "minicpmv4_6": (tf.MiniCPMV4_6ForConditionalGeneration, MiniCPMV4_6Processor),
         "minicpmv4_7": (tf.MiniCPMV4_7ForConditionalGeneration, MiniCPMV4_7Processor),
-        "minicpm_ocr": (tf.MiniCPMOcrForConditionalGeneration, MiniCPMV4_6Processor),
+        "minicpm_ocr": (tf.MiniCPMOcrForConditionalGeneration, MiniCPMOcrProcessor),
     }[model_type]
 
 
@@ -78,7 +79,13 @@ class MergerReference:
         pp = json.loads((self.dir / "preprocessor_config.json").read_text())
         keep = ("max_slice_nums", "scale_resolution", "patch_size", "slice_mode", "downsample_mode", "use_image_id",
                 "image_mean", "image_std")
-        image_processor = MiniCPMV4_6ImageProcessorPil(**{k: pp[k] for k in keep if k in pp})
+        if cfg["model_type"] == "minicpm_ocr":  # its own class, torchvision's two calls replaced
+            from tests.reference.video_processor import image_processor as ocr_image_processor
+
+            image_processor = ocr_image_processor("minicpm_ocr", **{k: pp[k] for k in keep + ("small_image_upsize",)
+                                                                     if k in pp})
+        else:
+            image_processor = MiniCPMV4_6ImageProcessorPil(**{k: pp[k] for k in keep if k in pp})
         tokenizer = AutoTokenizer.from_pretrained(str(self.dir))
         mode = pp.get("downsample_mode", cfg.get("downsample_mode", "16x"))
         video = SimpleNamespace(slice_mode=True, downsample_mode=mode)

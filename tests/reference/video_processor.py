@@ -1,8 +1,11 @@
-"""transformers' own video processors for 4.6 / 4.7 / OCR, runnable without torchvision.
+"""transformers' own video processors for 4.6 / 4.7 / OCR, and OCR's image processor, runnable without
+torchvision.
 
 MiniCPMV4_6VideoProcessor (and OCR's copy) run every step in transformers' code: frame sampling
 (`sample_frames`), sub-frame stacking (`concat_frames_as_image`), grids and sizes, slicing, NaViT
-packing, and the processors' `replace_video_token`. Only two calls reach torchvision, which cannot
+packing, and the processors' `replace_video_token`; MiniCPMOcrImageProcessor (a TorchvisionBackend,
+OCR 1.0's only image processor) runs its own grid, sizes, upsizing rule and slicing. Only two calls
+reach torchvision, which cannot
 be installed here (PyPI's torchvision 0.28 wheel is the CUDA build and does not load against the
 pinned CPU torch 2.13). They are replaced by exactly what torchvision 0.28 executes for these
 inputs:
@@ -23,6 +26,9 @@ import torch
 def _torchvision_free(base):
     class VideoProcessor(base):
         def resize(self, image, size, resample=None, antialias=True, **kwargs):
+            # every resize these processors make is bicubic (their `resample` attribute and call sites)
+            assert resample is None or int(resample) == 3, f"resample {resample!r} is not bicubic"
+            assert image.dtype == torch.uint8, image.dtype  # torchvision's native uint8 path
             shape = image.shape
             x = image.reshape(-1, *shape[-3:])
             out = torch.nn.functional.interpolate(x, size=[size.height, size.width], mode="bicubic",
@@ -46,4 +52,13 @@ def video_processor(model_type: str, **kwargs):
     return _torchvision_free(base)(**kwargs)
 
 
-__all__ = ["video_processor"]
+def image_processor(model_type: str, **kwargs):
+    """MiniCPM-OCR 1.0's own image processor (4.6 / 4.7 have a PIL one: use that)."""
+    if model_type != "minicpm_ocr":
+        raise ValueError(f"{model_type}: use transformers' PIL image processor")
+    from transformers.models.minicpm_ocr.image_processing_minicpm_ocr import MiniCPMOcrImageProcessor as base
+
+    return _torchvision_free(base)(**kwargs)
+
+
+__all__ = ["video_processor", "image_processor"]
