@@ -302,6 +302,11 @@ class MiniCPMV:
         """{token id | text: bias} or [[token id | text, bias], ...] -> (token id, bias) pairs (chat_args.py)."""
         return chat_args.token_biases(self.model, bias)
 
+    def check_template_kwargs(self, kwargs) -> dict:
+        """chat_template_kwargs with every key a variable of the model's chat template (InputError otherwise)."""
+        return chat_args.template_kwargs(self, kwargs)
+
+
 def _arguments(values: dict) -> dict:
     """chat()'s keyword arguments from its locals() (or a signature binding)."""
     return {k: v for k, v in values.items() if k not in ("self", "messages", "stream")}

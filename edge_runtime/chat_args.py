@@ -42,13 +42,40 @@ def prepare(m, messages, a: dict):
     # a list of Turns was normalized already (the server decodes images before queueing)
     turns = list(messages) if messages and all(isinstance(t, Turn) for t in messages) \
         else normalize(messages, m.limits)
-    kwargs = dict(a["chat_template_kwargs"] or {})
+    kwargs = template_kwargs(m, a["chat_template_kwargs"])
     thinking = kwargs.pop("enable_thinking", a["enable_thinking"])
     turns = m.expand_videos(turns, thinking, reserve=sampling.max_tokens)
     rendered, bitmaps = m.render(turns, thinking, tp.tools or None, **kwargs)
     # the rendered prompt says whether the model starts inside <think> and which end of it the
     # next turn's history drops (session.py snapshots recurrent state before that tail)
     return rendered.text, bitmaps, opts, rendered.in_think, rendered.tail
+
+
+# what the request itself sets when the template is rendered
+_RESERVED = ("messages", "tools", "documents", "add_generation_prompt")
+
+
+def template_kwargs(m, kwargs) -> dict:
+    """chat_template_kwargs, checked: each key must be a variable the model's chat template reads
+    (jinja's own analysis of the template), so that none is accepted and silently changes nothing."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise InputError("chat_template_kwargs must be a mapping of variable names to values")
+    if not hasattr(m, "_template_variables"):
+        import jinja2
+        import jinja2.ext
+        import jinja2.meta
+
+        source = m.format.template.source
+        ast = jinja2.Environment(extensions=[jinja2.ext.loopcontrols]).parse(source)
+        m._template_variables = frozenset(jinja2.meta.find_undeclared_variables(ast))
+    for key in kwargs:
+        if key in _RESERVED:
+            raise InputError(f"chat_template_kwargs: {key!r} is set by the request itself")
+        if key != "enable_thinking" and key not in m._template_variables:
+            raise InputError(f"chat_template_kwargs: the model's chat template does not use {key!r}")
+    return dict(kwargs)
 
 
 def tool_plan(m, tools, tool_choice, parallel_tool_calls: bool, constrained: bool):

@@ -142,7 +142,9 @@ def test_bad_values_are_refused(m45):
                      (dict(typical_p=0), "typical_p"), (dict(repeat_last_n=-2), "repeat_last_n"),
                      (dict(presence_penalty=float("inf")), "presence_penalty"), (dict(seed=2**32), "seed"),
                      (dict(top_k=-1), "top_k"), (dict(reasoning_format="deepseek-legacy"), "reasoning_format"),
-                     (dict(thinking_budget=-2), "thinking_budget"), (dict(stop=[1]), "stop")):
+                     (dict(thinking_budget=-2), "thinking_budget"), (dict(stop=[1]), "stop"),
+                     (dict(chat_template_kwargs={"preserve_thinking": True}), "does not use 'preserve_thinking'"),
+                     (dict(chat_template_kwargs={"messages": []}), "set by the request")):
         with pytest.raises(InputError, match=word):
             m.chat(MSGS, **kw)
     with pytest.raises(TypeError):

@@ -156,6 +156,8 @@ def test_reasoning_controls(srv):
     ({"chat_template_kwargs": {"enable_thinking": "yes"}}, "chat_template_kwargs.enable_thinking"),
     ({"stream_options": {"include_usage": True, "continuous_usage_stats": True}}, "stream_options"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"chat_template_kwargs": {"preserve_thinking": True}}, "chat_template_kwargs"),
+    ({"chat_template_kwargs": {"tools": []}}, "chat_template_kwargs"),
 ])
 def test_unimplemented_or_bad_fields_are_refused(srv, body, param):
     req = {"model": MODEL, "messages": [user("hi")], "max_tokens": 2, **body}

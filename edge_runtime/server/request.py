@@ -56,7 +56,10 @@ def plan(body, model, config) -> Plan:
         raise FieldError("chat_template_kwargs", f"{model.format.family} has no thinking mode")
     kw["enable_thinking"] = thinking
     if template_kwargs:  # every other key reaches the model's chat template as a variable (as transformers')
-        kw["chat_template_kwargs"] = template_kwargs
+        try:
+            kw["chat_template_kwargs"] = model.check_template_kwargs(template_kwargs)
+        except InputError as exc:
+            raise FieldError("chat_template_kwargs", str(exc)) from None
     max_tokens = body.max_completion_tokens or body.max_tokens or min(config.default_max_tokens,
                                                                       config.max_tokens_limit)
     if max_tokens > config.max_tokens_limit:
