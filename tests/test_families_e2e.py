@@ -11,7 +11,8 @@ its model runs the forward. Checked per case:
 - the next-token logits: max |diff| <= 1% of the logit range and the same argmax.
 
 Cases: a sliced non-square photo-sized image (1000x600), two images of different shapes in one
-message, and for 4.7 a clip of video frames (time-ordered canvas positions, no image id).
+message, and for 4.7 a clip of video frames (time-ordered canvas positions, no image id); 4.7's MoE
+text variant and 4.7 in 4x token mode on the sliced image.
 """
 
 from __future__ import annotations
@@ -93,18 +94,19 @@ def test_images_match_transformers(loaded, case):
     _check_logits(family, got, ref.next_token_logits(inputs), case)
 
 
-def test_moe_text_variant_with_a_sliced_image(store):
-    """4.7's MoE text model (llama.cpp qwen35moe) under the same canvas pipeline; its vision side is
-    4.7's, covered above."""
-    res = store.converted("minicpmv-4.7-moe")
+@pytest.mark.parametrize("variant", ["minicpmv-4.7-moe", "minicpmv-4.7-4x"])
+def test_47_variants_with_a_sliced_image(store, variant):
+    """4.7's MoE text model (llama.cpp qwen35moe), and 4.7 in 4x token mode (merge 2: a 2x2-finer
+    canvas), under the same canvas pipeline; the rest of their vision side is 4.7's, covered above."""
+    res = store.converted(variant)
     ref = MergerReference(res.manifest.source)
     m = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=4096, n_threads=2)
     try:
         images, question = CASES["sliced-nonsquare"]()
         prompt, got = _ours(m, [Image.fromarray(x) for x in images] + [question])
         inputs = ref.inputs(processor_text(prompt, m.vision.marker), images=[Image.fromarray(x) for x in images])
-        _check_ids_and_positions("minicpmv-4.7-moe", m, ref, inputs)
-        _check_logits("minicpmv-4.7-moe", got, ref.next_token_logits(inputs), "sliced-nonsquare")
+        _check_ids_and_positions(variant, m, ref, inputs)
+        _check_logits(variant, got, ref.next_token_logits(inputs), "sliced-nonsquare")
     finally:
         m.close()
 
@@ -143,5 +145,29 @@ def test_video_frames_match_transformers(store):
                             videos=[[Image.fromarray(f) for f in frames]])
         _check_ids_and_positions("minicpmv-4.7", m, ref, inputs)
         _check_logits("minicpmv-4.7", got, ref.next_token_logits(inputs), "video")
+    finally:
+        m.close()
+
+
+def test_ocr_small_images_kept_at_native_size(store, tmp_path):
+    """OCR's small_image_upsize "never": small unsliced images keep their size (aligned to the patch
+    grid) instead of being upscaled to 448²; ids and logits against OCR's processor with that setting."""
+    from pathlib import Path
+
+    from minicpmv_edge import schema
+    from tests.test_families_runtime import _with_kv
+
+    res = store.converted("minicpm-ocr-1.0")
+    text = _with_kv(Path(res.text_path), tmp_path / "ocr-never.gguf", schema.EDGE_SMALL_IMAGE_UPSIZE, "never")
+    ref = MergerReference(res.manifest.source)
+    ref.processor.image_processor.small_image_upsize = "never"
+    m = MiniCPMV(text, res.mmproj_path, n_ctx=4096, n_threads=2)
+    try:
+        images = [_photo(300, 200, 5), _photo(90, 120, 6)]
+        prompt, got = _ours(m, [Image.fromarray(x) for x in images] + ["Read the text."])
+        inputs = ref.inputs(processor_text(prompt, m.vision.marker), images=[Image.fromarray(x) for x in images])
+        assert inputs["target_sizes"].tolist() == [[14, 22], [8, 6]]  # native sizes, not 448² (32x32 patches)
+        _check_ids_and_positions("minicpm-ocr-1.0", m, ref, inputs)
+        _check_logits("minicpm-ocr-1.0", got, ref.next_token_logits(inputs), "never-upsize")
     finally:
         m.close()
