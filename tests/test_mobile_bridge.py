@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,26 +56,45 @@ def pair(store, family):
     return str(r.text_path), str(r.mmproj_path)
 
 
-@pytest.mark.parametrize("family", ["minicpmv-2.6", "minicpmv-4.0", "minicpmv-4.5", "minicpmv-4.6"])
-def test_c_program(store, plain_build, image_png, family):
+def fixture_dir(store, family, root: Path) -> Path:
+    """The C test's inputs as CMakeLists.txt's MCV_TEST_FIXTURES expects them (links to the store's files)."""
+    d = root / f"fixtures-{family}"
+    d.mkdir(exist_ok=True)
     text, mm = pair(store, family)
-    _, other = pair(store, OTHER[family])
-    r = subprocess.run([str(plain_build / "bridge_test"), text, mm, other, str(image_png)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "0 failure(s)" in r.stdout
+    for name, src in (("text.gguf", text), ("mmproj.gguf", mm), ("other-mmproj.gguf", pair(store, OTHER[family])[1])):
+        if not (d / name).exists():
+            os.symlink(src, d / name)
+    return d
+
+
+def run_ctest(build: Path, fixtures: Path, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """Points the build's registered C test at `fixtures` and runs it the way a developer would: ctest."""
+    subprocess.run(["cmake", "-S", str(ROOT / "mobile_bridge"), "-B", str(build), f"-DMCV_TEST_FIXTURES={fixtures}"],
+                   check=True, capture_output=True)
+    return subprocess.run(["ctest", "--test-dir", str(build), "--output-on-failure", "-V"], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("family", ["minicpmv-2.6", "minicpmv-4.0", "minicpmv-4.5", "minicpmv-4.6"])
+def test_c_program(store, plain_build, tmp_path_factory, family):
+    fx = fixture_dir(store, family, tmp_path_factory.getbasetemp())
+    r = run_ctest(plain_build, fx)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert "100% tests passed, 0 tests failed out of 2" in r.stdout  # the fixture step + bridge_test
+    assert f"{family}: 0 failure(s)" in r.stdout, r.stdout[-3000:]
+    assert (fx / "image.png").exists()  # made by the fixture step (python/make_test_fixtures.py)
 
 
 @pytest.mark.parametrize("family", ["minicpmv-4.5", "minicpmv-4.6"])
-def test_c_program_asan_ubsan(store, image_png, family):
+def test_c_program_asan_ubsan(store, tmp_path_factory, family):
     build = mcv_bridge.build("asan")
-    text, mm = pair(store, family)
-    _, other = pair(store, OTHER[family])
+    fx = fixture_dir(store, family, tmp_path_factory.getbasetemp())
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
-    r = subprocess.run([str(build / "bridge_test"), text, mm, other, str(image_png)], capture_output=True,
-                       text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr[-4000:]
-    assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error:" not in r.stderr, r.stderr[-4000:]
+    r = run_ctest(build, fx, env=env, timeout=1200)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-6000:]
+    assert f"{family}: 0 failure(s)" in r.stdout, out[-3000:]
+    assert "ERROR: AddressSanitizer" not in out and "runtime error:" not in out, out[-4000:]
 
 
 def test_ctypes_end_to_end(store, bridge, image_png):
@@ -169,6 +189,144 @@ def test_ctypes_bad_input(store, bridge, image_png):
     assert lib.mcv_session_set_thinking(s, 1) == -13
     lib.mcv_session_free(s)
     lib.mcv_model_free(model)
+
+
+VIDEO = ("video", 2)  # a video part of two frames
+SP = "\u3000\u2028\x1c\xa0"  # whitespace Python's str.strip() removes beyond ASCII
+# (role, parts); None: an image. Whitespace and answers given as text exercise what prefill must
+# hold back until the turn closes (|trim, the history form of an answer).
+PREFILL_CONVERSATIONS = [
+    [("system", ["You are terse."]), ("user", ["Hi", None, "and", None]), ("assistant", ["Two images."]),
+     ("user", ["Which is brighter? 图片 🦊"])],
+    [("system", ["  sys \n"]), ("user", ["  padded ", None, " after\t"]), ("assistant", [" spaced \n\n"]),
+     ("user", [SP + "next" + SP])],
+    [("user", ["Q1"]), ("assistant", ["<think>\nstep\n</think>\n\nA1"]), ("user", ["Q2 ", " "]),
+     ("assistant", ["\n<think>r</think>A2 "]), ("user", [None, "Q3"])],
+    [("user", ["Describe the clip.", VIDEO, "Be brief."]), ("assistant", ["A fox."]),
+     ("user", [None, "And this photo?", VIDEO])],
+    [("user", [VIDEO, VIDEO, "Which clip is longer?"])],  # two videos back to back: video_frame = 2
+]
+
+
+@pytest.mark.parametrize("family", ["minicpmv-2.6", "minicpmv-4.0", "minicpmv-4.5", "minicpmv-4.6"])
+def test_prefill_prompt_matches_python(store, bridge, image_png, family):
+    """Prefilled part by part (prefill_text / prefill_image / prefill_video_frame, each evaluated as it
+    comes), the conversation's bytes equal the jinja rendering of the model's own template (the Python
+    runtime's build_prompt), videos included; what closing a turn may rewrite is held back."""
+    from minicpmv_edge.edge_runtime.api import MiniCPMV
+    from minicpmv_edge.edge_runtime.media import load_image
+    from minicpmv_edge.edge_runtime.messages import Turn, Video
+    from tests import real_templates
+
+    res = real_templates.converted(store, family)
+    text, mm = str(res.text_path), str(res.mmproj_path)
+    py = MiniCPMV(text, mm, n_ctx=512)
+    img = load_image(image_png)
+    h, w = img.rgb.shape[:2]
+    rgb = img.rgb.tobytes()
+
+    def python_part(p):
+        return img if p is None else Video([img] * p[1]) if isinstance(p, tuple) else p
+
+    model = bridge.load(text, mm, n_ctx=4096)
+    s = bridge.session(model)
+    lib = bridge.lib
+    try:
+        for k, conv in enumerate(PREFILL_CONVERSATIONS):
+            thinking = py.format.thinking_supported and k % 2 == 1
+            bridge.check(lib.mcv_session_reset(s), s)
+            bridge.check(lib.mcv_session_set_thinking(s, int(thinking)), s)
+            for role, parts in conv:
+                if role != "user":
+                    bridge.check(lib.mcv_session_end_turn(s), s)
+                for p in parts:
+                    if isinstance(p, tuple):  # a video: its first frame starts it (2), then frames
+                        ip = bridge.image_params(video_frame=2)
+                        bridge.check(lib.mcv_session_prefill_image_rgb(s, rgb, w, h, w * 3, ctypes.byref(ip)), s)
+                        for _ in range(p[1] - 1):
+                            bridge.check(lib.mcv_session_prefill_video_frame(s, rgb, w, h, w * 3), s)
+                    elif p is None:
+                        bridge.check(lib.mcv_session_prefill_image_file(s, str(image_png).encode(), None), s)
+                    else:
+                        bridge.check(lib.mcv_session_prefill_text(s, mcv_bridge.ROLE[role], p.encode()), s)
+            turns = [Turn(role, [python_part(p) for p in parts]) for role, parts in conv]
+            want = py.build_prompt(turns, thinking)[0]
+            assert bridge.prompt_text(s) == want, (family, conv)
+            # all but held-back whitespace is in the KV cache: the reply evaluates little more than
+            # the turn's end and the assistant prefix
+            rc, _ = bridge.generate(s, max_tokens=1)
+            st = bridge.stats(s)
+            n_media = sum(1 if p is None else p[1] for _, parts in conv for p in parts if not isinstance(p, str))
+            assert rc == 0 and st.n_encoded_chunks >= n_media and 2 <= st.n_prefill_tokens <= 24, (conv, st.n_prefill_tokens)
+    finally:
+        lib.mcv_session_free(s)
+        lib.mcv_model_free(model)
+        py.close()
+
+
+@pytest.mark.parametrize("family", ["minicpmv-4.5", "minicpmv-4.6"])
+def test_prefill_ahead_costs_only_the_question(store, bridge, image_png, family):
+    """Prefill ahead (issue 14 item 3, C side): after mcv_session_prefill_image the question's reply
+    evaluates exactly the tokens of the text added after it, encodes nothing, and starts in a small
+    fraction of the cold path's time (image picked -> first token); the image's cost was known exactly
+    before encoding; the reply is the cold path's."""
+    import time
+
+    from minicpmv_edge.edge_runtime.engine import Model
+
+    lib = bridge.lib
+    text, mm = pair(store, family)
+    model = bridge.load(text, mm, n_ctx=4096, n_threads=2)
+    question = "What is in this picture? Answer in one word."
+    rgb_img = (np.random.RandomState(3).rand(500, 700, 3) * 255).astype("uint8")  # sliced: overview + 2
+    h, w = rgb_img.shape[:2]
+    first = {}
+
+    def on_piece(_):
+        first.setdefault("t", time.perf_counter())
+        return False
+
+    try:
+        # cold: photo and question together, timed from the start to the first token
+        cold = bridge.session(model)
+        t0 = time.perf_counter()
+        bridge.check(lib.mcv_session_add_image_rgb(cold, rgb_img.tobytes(), w, h, w * 3), cold)
+        bridge.check(lib.mcv_session_add_text(cold, 1, question.encode()), cold)
+        rc, cold_reply = bridge.generate(cold, max_tokens=6, on_piece=on_piece)
+        cold_ttft = first.pop("t") - t0
+        assert rc == 0
+
+        s = bridge.session(model)
+        cost = bridge.image_cost(s, w, h)
+        assert cost.n_chunks > 1 and cost.grid_cols * cost.grid_rows == cost.n_chunks - 1
+        bridge.check(lib.mcv_session_prefill_image_rgb(s, rgb_img.tobytes(), w, h, w * 3, None), s)
+        pre = bridge.stats(s)
+        assert (pre.last_image_n_tokens, pre.last_image_n_chunks, pre.n_encoded_chunks) == \
+            (cost.n_tokens, cost.n_chunks, cost.n_chunks)
+        before = bridge.prompt_text(s, with_prefix=False)
+        bridge.check(lib.mcv_session_add_text(s, 1, question.encode()), s)
+        new_text = bridge.prompt_text(s, with_prefix=True)[len(before):]  # what generate will evaluate
+        t0 = time.perf_counter()
+        rc, reply = bridge.generate(s, max_tokens=6, on_piece=on_piece)
+        ahead_ttft = first.pop("t") - t0
+        post = bridge.stats(s)
+        assert rc == 0 and reply == cold_reply
+        # exactly the new text's tokens (tokenized alone, as the bridge evaluates it) were prefilled
+        assert new_text.startswith(question) or question in new_text[:len(question) + 8]
+        tok = Model(text)
+        try:
+            want = len(tok.tokenize(new_text, add_special=False, parse_special=True))
+        finally:
+            tok.close()
+        assert post.n_prefill_tokens == want, (post.n_prefill_tokens, want, new_text)
+        assert post.n_encoded_chunks == pre.n_encoded_chunks and post.image_encode_ms == pre.image_encode_ms
+        assert ahead_ttft < 0.25 * cold_ttft, (ahead_ttft, cold_ttft)
+        print(f"{family}: cold TTFT {cold_ttft * 1e3:.0f} ms, after prefill {ahead_ttft * 1e3:.0f} ms "
+              f"({ahead_ttft / cold_ttft:.3f}); question {post.n_prefill_tokens} tokens, image {cost.n_tokens}")
+        lib.mcv_session_free(cold)
+        lib.mcv_session_free(s)
+    finally:
+        lib.mcv_model_free(model)
 
 
 def test_max_slices_shrinks_images(store, bridge):

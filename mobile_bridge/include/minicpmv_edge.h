@@ -11,7 +11,7 @@
  * functions never change signature (a changed behaviour gets a `_v2` name);
  * enum values are never renumbered. MCV_ABI_VERSION changes only on a break;
  * additions bump MCV_VERSION_MINOR (check mcv_version_number() >= 2000 before
- * calling a 0.2 function through a dynamically loaded library).
+ * calling a 0.2 function, >= 3000 for 0.3, through a dynamically loaded library).
  *
  * Prompt format: nothing model-specific lives here or in the wrappers. The
  * prompt is the model's own chat template; the bridge cannot run jinja, so it
@@ -66,9 +66,9 @@ extern "C" {
 
 /* ---- versions ------------------------------------------------------------ */
 #define MCV_VERSION_MAJOR 0
-#define MCV_VERSION_MINOR 2 /* 0.2: external vision encoder (mcv_session_set_encoder); ABI unchanged */
+#define MCV_VERSION_MINOR 3 /* 0.2: external vision encoder; 0.3: prefill ahead, per-image budgets, frames */
 #define MCV_VERSION_PATCH 0
-#define MCV_VERSION_STRING "0.2.0"
+#define MCV_VERSION_STRING "0.3.0"
 /* major*1000000 + minor*1000 + patch; compare with mcv_version_number() */
 #define MCV_VERSION_NUMBER (MCV_VERSION_MAJOR * 1000000 + MCV_VERSION_MINOR * 1000 + MCV_VERSION_PATCH)
 #define MCV_ABI_VERSION 1
@@ -284,6 +284,86 @@ typedef int (*mcv_encode_fn)(void *user, const mcv_slice_info *info, const float
  * without projector. */
 MCV_API int mcv_session_set_encoder(mcv_session *session, mcv_encode_fn fn, void *user);
 
+/* ---- app-shaped calls: prefill ahead, per-image budgets (since 0.3) ------ */
+/* The flow of a phone app (OpenBMB's MiniCPM-V-Apps bridge has the same shape):
+ *
+ *   picked a photo   -> mcv_session_prefill_image*()   (encode + KV now, while the user types)
+ *   a video frame    -> mcv_session_prefill_video_frame()
+ *   system / context -> mcv_session_prefill_text()
+ *   sent a question  -> mcv_session_add_text(USER, q); mcv_session_generate()  (only q is evaluated)
+ *   new chat         -> mcv_session_reset()
+ *   stop button      -> mcv_session_cancel()   (any thread; also stops a prefill between chunks)
+ *
+ * Every prefill call evaluates everything pending (earlier add_text parts included) into the
+ * KV cache before it returns, so the next generate evaluates only what was added after it:
+ * mcv_stats.n_prefill_tokens of that reply counts the question's tokens (plus the turn's closing
+ * and the assistant prefix), and n_encoded_chunks does not move. The prompt bytes are the same as
+ * for the add_* calls (and as edge_runtime.prompt renders the conversation); text is tokenized
+ * per call, split where the call boundaries are. mcv_session_add_image_* are
+ * mcv_session_prefill_image_* with the model's defaults (they always prefilled).
+ *
+ * On failure (bad image, MCV_ERR_CANCELLED, context full, ...) the conversation is as it was
+ * before the call. Exception: recurrent memory (4.6's Qwen3.5 layers) cannot be cut back to a
+ * position inside the conversation; when tokens of the failed call were already evaluated
+ * there, the context is cleared and calls return MCV_ERR_STATE until mcv_session_reset.
+ * Slow (seconds per image on phones): call off the UI thread. */
+
+typedef struct mcv_image_params {
+    size_t  struct_size;  /* = sizeof(mcv_image_params); set by mcv_image_params_init */
+    int32_t max_slices;   /* this image's slice budget; <= 0: the model's (mcv_model_params.max_slices,
+                             else the GGUF's image.max_slice_nums; for video frames the GGUF's
+                             video.max_slice_nums). 1: overview only. The image is downscaled so that
+                             LLaVA-UHD's slice count stays within it (mtmd has no runtime setter).
+                             Above the GGUF's image.max_slice_nums: MCV_ERR_UNSUPPORTED (mtmd at
+                             llama.cpp 0c1e570 slices at most 9 per image). */
+    int64_t max_pixels;   /* this image's pixel cap (downscaled above it); <= 0: the model's image_max_pixels */
+    int32_t video_frame;  /* 0: an image (default). 1: a video frame (as mcv_session_prefill_video_frame):
+                             not counted in n_images; it continues the video when the open user
+                             turn's last part is a frame, else starts one. 2: a frame that starts
+                             a new video even right after another video's frames. */
+} mcv_image_params;
+
+MCV_API void mcv_image_params_init(mcv_image_params *params); /* fills struct_size + defaults */
+
+/* Adds `utf8` as a part of a `role` turn (as mcv_session_add_text) and evaluates everything
+ * pending now. */
+MCV_API int mcv_session_prefill_text(mcv_session *session, mcv_role role, const char *utf8);
+
+/* Adds an image to the open user turn (one is opened if needed) and encodes it into the KV
+ * cache now. params may be NULL (the model's defaults). Bytes: JPEG, PNG, BMP or GIF; raw:
+ * RGB888, rows `stride` bytes apart. */
+MCV_API int mcv_session_prefill_image(mcv_session *session, const uint8_t *data, size_t size,
+                                      const mcv_image_params *params);
+MCV_API int mcv_session_prefill_image_file(mcv_session *session, const char *path,
+                                           const mcv_image_params *params);
+MCV_API int mcv_session_prefill_image_rgb(mcv_session *session, const uint8_t *rgb, int32_t width,
+                                          int32_t height, int32_t stride, const mcv_image_params *params);
+
+/* One decoded video frame (RGB888, e.g. from MediaCodec / AVFoundation at 1 fps), with the
+ * GGUF's video slice budget (1: unsliced). Consecutive frames of a user turn are one video,
+ * written as edge_runtime's video parts are: with a minicpmv4_6 projector (4.6, OCR) back to
+ * back behind one <image_id> per video (numbered per conversation, apart from the images'; the
+ * processor's replace_video_token); with the others joined by the content separator, without
+ * ids (the model cards' video recipe). mcv_image_params.video_frame = 2 starts a new video. */
+MCV_API int mcv_session_prefill_video_frame(mcv_session *session, const uint8_t *rgb, int32_t width,
+                                            int32_t height, int32_t stride);
+
+/* What an image of width x height would cost if prefilled next with `params` (NULL:
+ * defaults), computed without encoding it (mtmd's own tokenizer on a placeholder bitmap):
+ * the size it would be downscaled to, its chunks and slice grid, and the context positions it
+ * would take. Cheap (no pixels, no encoder): call it to show or choose a budget before encoding. */
+typedef struct mcv_image_cost {
+    size_t  struct_size;           /* set by the caller to sizeof(mcv_image_cost) */
+    int32_t width, height;         /* after the budget's downscale: what mtmd slices */
+    int32_t n_chunks;              /* 1 (overview) + slices = vision-encoder runs */
+    int32_t grid_cols, grid_rows;  /* slice grid; 0, 0 when not sliced */
+    int32_t n_tokens;              /* context positions, with the <image>/<slice>/id tokens */
+    int32_t n_embd_rows;           /* embedding rows the encoder produces (its compute) */
+} mcv_image_cost;
+
+MCV_API int mcv_session_image_cost(mcv_session *session, int32_t width, int32_t height,
+                                   const mcv_image_params *params, mcv_image_cost *out);
+
 /* ---- stats and introspection ------------------------------------------- */
 typedef enum mcv_finish {
     MCV_FINISH_NONE = 0, MCV_FINISH_EOG = 1, MCV_FINISH_STOP_STRING = 2, MCV_FINISH_LENGTH = 3,
@@ -303,6 +383,14 @@ typedef struct mcv_stats {
     int32_t n_ctx;              /* context size */
     int32_t n_images;           /* images in this conversation */
     int32_t finish_reason;      /* mcv_finish of the last reply */
+    /* since 0.3 (a 0.2 caller's smaller struct_size gets the fields above only) */
+    double  decode_ms;            /* last reply: first sampled token -> last one */
+    double  last_image_encode_ms; /* the most recent image or frame: vision encoder, all its chunks */
+    double  last_image_ms;        /* the same image: the whole add/prefill call (decode, resize, encode, KV) */
+    int32_t last_image_n_tokens;  /* context positions it took (its <image>/<slice>/id tokens included) */
+    int32_t last_image_n_chunks;  /* its chunks: 1 (overview) + slices */
+    int32_t n_encoded_chunks;     /* vision-encoder runs in this conversation (a reply adds none) */
+    int32_t n_video_frames;       /* video frames in this conversation (not counted in n_images) */
 } mcv_stats;
 
 MCV_API int mcv_session_stats(const mcv_session *session, mcv_stats *out);

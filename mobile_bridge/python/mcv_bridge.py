@@ -3,7 +3,8 @@
 build(variant) configures mobile_bridge/CMakeLists.txt against llama-cpp-python's
 installed libs (mode a) into a cache folder and returns the build folder; cmake's
 incremental build makes repeated calls cheap. Headers come from the llama-cpp-python
-sdist of the installed version: MCV_LLAMA_SRC_DIR, /work/sdist, or `pip download`.
+sdist of the installed version: $MCV_SDIST_DIR, the cache, or `pip download` into the cache.
+`python mcv_bridge.py sdist` prints that folder (CMakeLists.txt asks it when MCV_SDIST_DIR is unset).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import tarfile
 from pathlib import Path
 
 BRIDGE_DIR = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("MCV_CACHE_DIR", Path.home() / ".cache" / "minicpmv-edge"))
+CACHE = Path(os.environ.get("MINICPMV_EDGE_CACHE") or os.environ.get("MCV_CACHE_DIR")
+             or Path.home() / ".cache" / "minicpmv-edge")
 
 
 def llama_cpp_version() -> str:
@@ -36,17 +38,25 @@ def llama_lib_dir() -> Path:
 def sdist_dir() -> Path:
     """The llama-cpp-python sdist of the installed version (its vendor/llama.cpp has the headers)."""
     ver = llama_cpp_version()
-    for cand in (os.environ.get("MCV_SDIST_DIR"), f"/work/sdist/llama_cpp_python-{ver}",
-                 str(CACHE / f"llama_cpp_python-{ver}")):
+    for cand in (os.environ.get("MCV_SDIST_DIR"), str(CACHE / f"llama_cpp_python-{ver}")):
         if cand and (Path(cand) / "vendor/llama.cpp/include/llama.h").exists():
             return Path(cand)
     CACHE.mkdir(parents=True, exist_ok=True)
     dl = CACHE / "sdist-download"
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                    f"llama-cpp-python=={ver}", "-d", str(dl)], check=True)
-    tgz = next(dl.glob(f"llama_cpp_python-{ver}.tar.gz"))
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        f"llama-cpp-python=={ver}", "-d", str(dl)], capture_output=True, text=True)
+    tgz = dl / f"llama_cpp_python-{ver}.tar.gz"
+    if r.returncode != 0 or not tgz.exists():
+        raise RuntimeError(f"could not download the llama-cpp-python {ver} sdist (set MCV_SDIST_DIR to an "
+                           f"unpacked copy): {r.stderr.strip()[-500:]}")
+    tmp = CACHE / f".sdist-{os.getpid()}"
     with tarfile.open(tgz) as tf:
-        tf.extractall(CACHE, filter="data")
+        tf.extractall(tmp, filter="data")
+    try:
+        (tmp / f"llama_cpp_python-{ver}").rename(CACHE / f"llama_cpp_python-{ver}")  # atomic: no half trees
+    except OSError:  # another process finished first
+        pass
+    shutil.rmtree(tmp, ignore_errors=True)
     return CACHE / f"llama_cpp_python-{ver}"
 
 
@@ -58,6 +68,19 @@ def napi_headers() -> Path:
         d.mkdir(parents=True, exist_ok=True)
         _run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(d), "node-api-headers@1"])
     return inc
+
+
+OHOS_TYPESCRIPT = "ohos-typescript@4.9.5-r9"  # OpenHarmony's TypeScript fork (tsc + ArkTS linter)
+
+
+def ohos_typescript() -> Path:
+    """The ohos-typescript package from npm, installed once into the cache; returns its folder."""
+    d = CACHE / "ohos-typescript"
+    pkg = d / "node_modules" / "ohos-typescript"
+    if not (pkg / "lib" / "typescript.js").exists():
+        d.mkdir(parents=True, exist_ok=True)
+        _run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(d), OHOS_TYPESCRIPT])
+    return pkg
 
 
 def build(variant: str = "plain", jni: bool = False, napi: bool = False) -> Path:
@@ -113,7 +136,22 @@ class Stats(ctypes.Structure):
                 ("decode_tok_per_s", ctypes.c_double), ("ttft_ms", ctypes.c_double),
                 ("n_prefill_tokens", ctypes.c_int32), ("n_decode_tokens", ctypes.c_int32),
                 ("n_ctx_used", ctypes.c_int32), ("n_ctx", ctypes.c_int32), ("n_images", ctypes.c_int32),
-                ("finish_reason", ctypes.c_int32)]
+                ("finish_reason", ctypes.c_int32),
+                # since 0.3
+                ("decode_ms", ctypes.c_double), ("last_image_encode_ms", ctypes.c_double),
+                ("last_image_ms", ctypes.c_double), ("last_image_n_tokens", ctypes.c_int32),
+                ("last_image_n_chunks", ctypes.c_int32), ("n_encoded_chunks", ctypes.c_int32),
+                ("n_video_frames", ctypes.c_int32)]
+
+
+class ImageParams(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("max_slices", ctypes.c_int32), ("max_pixels", ctypes.c_int64),
+                ("video_frame", ctypes.c_int32)]
+
+
+class ImageCost(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t)] + [(n, ctypes.c_int32) for n in (
+        "width", "height", "n_chunks", "grid_cols", "grid_rows", "n_tokens", "n_embd_rows")]
 
 
 class SliceInfo(ctypes.Structure):
@@ -162,6 +200,16 @@ def load_library(path: str | os.PathLike) -> ctypes.CDLL:
         "mcv_set_log_callback": (None, [P, P]),
         "mcv_version_number": (ctypes.c_int32, []),
         "mcv_session_set_encoder": (I, [P, ENCODE_FN, P]),
+        # since 0.3
+        "mcv_image_params_init": (None, [ctypes.POINTER(ImageParams)]),
+        "mcv_session_prefill_text": (I, [P, I, S]),
+        "mcv_session_prefill_image": (I, [P, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ImageParams)]),
+        "mcv_session_prefill_image_file": (I, [P, S, ctypes.POINTER(ImageParams)]),
+        "mcv_session_prefill_image_rgb": (I, [P, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+                                              ctypes.POINTER(ImageParams)]),
+        "mcv_session_prefill_video_frame": (I, [P, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32]),
+        "mcv_session_image_cost": (I, [P, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ImageParams),
+                                       ctypes.POINTER(ImageCost)]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -222,8 +270,31 @@ class Bridge:
         rc = self.lib.mcv_session_generate(s, ctypes.byref(gp), c_cb, None)
         return rc, b"".join(pieces).decode("utf-8", "surrogateescape")
 
+    def image_params(self, max_slices: int = 0, max_pixels: int = 0, video_frame: int = 0) -> ImageParams:
+        """video_frame: 0 image, 1 a frame (continues the video), 2 a frame that starts a new video."""
+        p = ImageParams()
+        self.lib.mcv_image_params_init(ctypes.byref(p))
+        p.max_slices, p.max_pixels, p.video_frame = max_slices, max_pixels, int(video_frame)
+        return p
+
+    def image_cost(self, s, width: int, height: int, **params) -> ImageCost:
+        c = ImageCost()
+        c.struct_size = ctypes.sizeof(ImageCost)
+        ip = self.image_params(**params)
+        self.check(self.lib.mcv_session_image_cost(s, width, height, ctypes.byref(ip), ctypes.byref(c)), s)
+        return c
+
     def stats(self, s) -> Stats:
         st = Stats()
         st.struct_size = ctypes.sizeof(Stats)
         self.check(self.lib.mcv_session_stats(s, ctypes.byref(st)), s)
         return st
+
+
+if __name__ == "__main__":  # `python mcv_bridge.py sdist`: for CMakeLists.txt (MCV_SDIST_DIR unset)
+    if sys.argv[1:] != ["sdist"]:
+        sys.exit("usage: mcv_bridge.py sdist")
+    try:
+        print(sdist_dir())
+    except Exception as e:  # one line for cmake's FATAL_ERROR
+        sys.exit(f"mcv_bridge: {e}")

@@ -183,13 +183,6 @@ int begin(mcv_session *s, const mcv_gen_params *gp) {
     return MCV_OK;
 }
 
-#define GUARD(s)                                                                                \
-    clear_thread_error();                                                                       \
-    if (!(s)) return fail(nullptr, MCV_ERR_INVALID_ARG, "session is NULL");                     \
-    BusyGuard guard_(s);                                                                        \
-    if (!guard_.ok) return fail(nullptr, MCV_ERR_BUSY, "session is in use by another thread"); \
-    if ((s)->needs_reset) return fail(&(s)->err, MCV_ERR_STATE, "call mcv_session_reset first")
-
 }  // namespace
 
 namespace mcv {
@@ -224,12 +217,12 @@ void mcv_session_cancel(mcv_session *s) {
 }
 
 int mcv_session_begin(mcv_session *s, const mcv_gen_params *gp) {
-    GUARD(s);
+    MCV_GUARD(s);
     return begin(s, gp);
 }
 
 int mcv_session_next(mcv_session *s, char *buf, size_t buf_size, size_t *n_out) {
-    GUARD(s);
+    MCV_GUARD(s);
     if (!n_out || (!buf && buf_size > 0)) return fail(&s->err, MCV_ERR_INVALID_ARG, "n_out is NULL or buf is NULL");
     *n_out = 0;
     if (!s->generating) return fail(&s->err, MCV_ERR_STATE, "call mcv_session_begin first");
@@ -249,7 +242,7 @@ int mcv_session_next(mcv_session *s, char *buf, size_t buf_size, size_t *n_out) 
 }
 
 int mcv_session_next_alloc(mcv_session *s, char **out) {
-    GUARD(s);
+    MCV_GUARD(s);
     if (!out) return fail(&s->err, MCV_ERR_INVALID_ARG, "out is NULL");
     *out = nullptr;
     if (!s->generating) return fail(&s->err, MCV_ERR_STATE, "call mcv_session_begin first");
@@ -264,7 +257,7 @@ int mcv_session_next_alloc(mcv_session *s, char **out) {
 }
 
 int mcv_session_generate(mcv_session *s, const mcv_gen_params *gp, mcv_token_callback cb, void *user_data) {
-    GUARD(s);
+    MCV_GUARD(s);
     if (!cb) return fail(&s->err, MCV_ERR_INVALID_ARG, "callback is NULL");
     int rc = begin(s, gp);
     if (rc != MCV_OK) return rc;

@@ -217,6 +217,8 @@ void best_grid(int max_slices, int multiple, float log_ratio, int &gx, int &gy) 
 }
 }  // namespace
 
+void fitted_size(int32_t w, int32_t h, const ImageFit &fit, int32_t &nw, int32_t &nh) { target_size(w, h, fit, nw, nh); }
+
 SlicePlan slice_plan(int w, int h, const SliceParams &sp) {
     SlicePlan p;
     const int align = sp.patch_size * sp.n_merge, side = sp.image_size;

@@ -99,6 +99,8 @@ mtmd_bitmap *bitmap_from_bytes(const mtmd_context *ctx, const uint8_t *data, siz
                                std::string &err);
 mtmd_bitmap *bitmap_from_rgb(const uint8_t *rgb, int32_t w, int32_t h, int32_t stride, const ImageFit &fit,
                              std::string &err);
+// The size bitmap_from_* shrink a w x h image to under `fit` (w, h themselves when it fits).
+void fitted_size(int32_t w, int32_t h, const ImageFit &fit, int32_t &nw, int32_t &nh);
 
 // Error bookkeeping: per handle and per thread (see the header's "Errors").
 int fail(std::string *handle_err, int code, const std::string &msg);
@@ -117,6 +119,12 @@ struct mcv_model {
     mcv::ImageFit fit;
     std::string marker;
     mcv::SliceParams slicing;
+    int video_max_slices = 1;  // minicpmv_edge.video.max_slice_nums: slices per video frame
+    // A video as one placeholder (4.6's <|video_pad|>, MiniCPMV4_6Processor.replace_video_token):
+    // its frames back to back, behind an <image_id> only when video_use_image_id; the others join
+    // frames like image parts without ids. The rule of edge_runtime/prompt.py _place_media.
+    bool video_frames_joined = false;
+    bool video_use_image_id = false;
     std::mutex vision_mu;  // mtmd_encode_chunk and its output buffer are not thread-safe
     std::atomic<int> n_sessions{0};
     std::string err;
@@ -147,6 +155,10 @@ struct mcv_session {
     std::vector<uint8_t> reply_state;  // recurrent models: sequence state at reply_pos
     bool thinking = false;
     int n_images = 0;
+    int n_videos = 0;              // videos (runs of frames) in this conversation: their <image_id> numbers
+    // transcript length right after the latest video frame: unchanged when the next frame comes,
+    // nothing was added in between, so that frame continues the video (npos: none)
+    size_t frame_end = std::string::npos;
     int32_t n_past = 0;
     bool needs_reset = false;
 
@@ -164,13 +176,18 @@ struct mcv_session {
     // stats
     double image_encode_ms = 0, prefill_ms = 0, ttft_ms = 0, t_begin = 0, t_first = 0, t_last = 0;
     int32_t n_prefill = 0;
+    int32_t n_encoded_chunks = 0;  // vision-encoder runs (overviews + slices) in this conversation
+    int32_t n_frames = 0;          // video frames in this conversation (they take no image id)
+    double last_image_encode_ms = 0, last_image_ms = 0;  // the most recent image or frame
+    int32_t last_image_n_tokens = 0, last_image_n_chunks = 0;
 };
 
 namespace mcv {
 double now_ms();
 // Evaluates s->pending (and `bm` at its media marker) into the KV cache; on failure the
-// KV cache is rolled back to where it was. n_tokens_out: positions added.
-int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_tokens_out);
+// KV cache is rolled back to where it was (or to `rollback_to` >= 0, an earlier position: one
+// cut, which recurrent memory can make when it is 0). n_tokens_out: positions added.
+int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_tokens_out, int32_t rollback_to = -1);
 int decode_tokens(mcv_session *s, const llama_token *toks, int32_t n);
 void close_turn(mcv_session *s);    // transcript.cpp: trims; rewrites a closed reply as history
 void finish_reply(mcv_session *s);  // ends a pull-style reply (keeps KV == transcript)
@@ -180,6 +197,33 @@ int open_reply(mcv_session *s, bool thinking, int32_t *n_prefill);  // closes th
                                                                      // the assistant prefix (+ thinking)
 std::string transcript(const mcv_session *s, bool with_generation_prefix);
 void clear_transcript(mcv_session *s);
+// How much of `pending` can be evaluated now (prefill ahead): all of it, except what closing the
+// open turn may still rewrite: trailing whitespace of its content (|trim, trim_content) and the
+// content of an assistant turn given as text (its history form, close_turn).
+size_t evaluable_prefix(const mcv_session *s);
+// Drops KV positions >= n_before (recurrent memory cannot cut: clears it and marks needs_reset).
+void rollback(mcv_session *s, int32_t n_before);
+
+// One image or video frame as the next user part (prefill.cpp). `fit` is this image's budget.
+struct ImageRequest {
+    ImageFit fit;
+    bool video_frame = false;  // the GGUF's video slice budget; no per-image <image_id>
+    bool new_video = false;    // mcv_image_params.video_frame == 2: starts a video even right after a frame
+};
+// Resolves mcv_image_params (NULL: the model's defaults) into a request; MCV_OK or an error on s.
+int image_request(mcv_session *s, const mcv_image_params *p, ImageRequest &req);
+// Adds and evaluates `bm` (takes ownership) as the request says; the conversation is unchanged on failure.
+int add_bitmap(mcv_session *s, mtmd_bitmap *bm, const ImageRequest &req);
+
+// Entry of every public session call: clears the thread's error, refuses NULL, a concurrent call
+// (MCV_ERR_BUSY) and a session that an earlier failure left inconsistent.
+#define MCV_GUARD(s)                                                                              \
+    ::mcv::clear_thread_error();                                                                  \
+    if (!(s)) return ::mcv::fail(nullptr, MCV_ERR_INVALID_ARG, "session is NULL");                \
+    ::mcv::BusyGuard guard_(s);                                                                   \
+    if (!guard_.ok) return ::mcv::fail(nullptr, MCV_ERR_BUSY, "session is in use by another thread"); \
+    if ((s)->needs_reset)                                                                         \
+    return ::mcv::fail(&(s)->err, MCV_ERR_STATE, "an earlier failure left the context inconsistent; call mcv_session_reset")
 
 // Marks a session busy for one public call; a concurrent second call gets MCV_ERR_BUSY.
 struct BusyGuard {

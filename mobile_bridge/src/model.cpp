@@ -3,6 +3,7 @@
 
 #include "mtmd-helper.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -190,6 +191,9 @@ int mcv_model_load(const char *text_path, const char *mmproj_path, const mcv_mod
     m->fit.max_slices = p.max_slices > 0 && p.max_slices < gguf_max ? p.max_slices : gguf_max;
     m->fit.slice_side = m->fmt.scale_resolution;
     m->fit.max_pixels = p.image_max_pixels;
+    std::string vmax;  // slices per video frame (schema.py EDGE_VIDEO_MAX_SLICE; 1 when absent)
+    if (meta_str(m->lm, "minicpmv_edge.video.max_slice_nums", vmax)) m->video_max_slices = std::max(1, atoi(vmax.c_str()));
+    if (m->video_max_slices > gguf_max) m->video_max_slices = gguf_max;
     if (mmproj_path) {
         mtmd_context_params cp = mtmd_context_params_default();
         cp.use_gpu = p.mmproj_use_gpu != 0;
@@ -204,6 +208,12 @@ int mcv_model_load(const char *text_path, const char *mmproj_path, const mcv_mod
             return fail(nullptr, MCV_ERR_MMPROJ_LOAD, std::string("mtmd could not load the projector: ") + mmproj_path);
         }
         m->marker = mtmd_default_marker();
+        // how a video reaches the prompt (model_facts.py video_placeholder / video_use_image_id); a
+        // GGUF without our keys: the minicpmv4_6 projector's families have the one-placeholder form
+        std::string vph, vid;
+        m->video_frames_joined = m->fmt.own_keys ? meta_str(m->lm, "minicpmv_edge.prompt.video_placeholder", vph) && !vph.empty()
+                                                 : m->fmt.projector_type == "minicpmv4_6";
+        m->video_use_image_id = meta_str(m->lm, "minicpmv_edge.video.use_image_id", vid) && vid == "true";
     }
     *out = m;
     return MCV_OK;

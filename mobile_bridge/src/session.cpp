@@ -8,40 +8,15 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 
 using namespace mcv;
 
 namespace {
 bool abort_cb(void *data) { return static_cast<mcv_session *>(data)->cancel.load(std::memory_order_relaxed); }
 
-#define GUARD(s)                                                                           \
-    clear_thread_error();                                                                  \
-    if (!(s)) return fail(nullptr, MCV_ERR_INVALID_ARG, "session is NULL");                \
-    BusyGuard guard_(s);                                                                   \
-    if (!guard_.ok) return fail(nullptr, MCV_ERR_BUSY, "session is in use by another thread"); \
-    if ((s)->needs_reset) return fail(&(s)->err, MCV_ERR_STATE, "an earlier failure left the context inconsistent; call mcv_session_reset")
+}  // namespace
 
-struct Snapshot {
-    std::string pending;
-    int open_role, open_parts, last_role;
-    bool reply_open, content_started;
-    size_t content_at;
-    explicit Snapshot(const mcv_session *s)
-        : pending(s->pending), open_role(s->open_role), open_parts(s->open_parts), last_role(s->last_role),
-          reply_open(s->reply_open), content_started(s->content_started), content_at(s->content_at) {}
-    void restore(mcv_session *s) const {
-        s->pending = pending;
-        s->open_role = open_role;
-        s->open_parts = open_parts;
-        s->last_role = last_role;
-        s->reply_open = reply_open;
-        s->content_started = content_started;
-        s->content_at = content_at;
-    }
-};
-
+namespace mcv {
 void rollback(mcv_session *s, int32_t n_before) {
     llama_memory_t mem = llama_get_memory(s->lctx);
     if (!llama_memory_seq_rm(mem, 0, n_before, -1)) {  // recurrent memory cannot cut in the middle
@@ -51,22 +26,6 @@ void rollback(mcv_session *s, int32_t n_before) {
     s->n_past = n_before;
 }
 
-int add_image(mcv_session *s, mtmd_bitmap *bm) {
-    if (s->reply_open) close_turn(s);  // the reply becomes history whether or not the image loads
-    Snapshot snap(s);
-    int rc = append_part(s, MCV_ROLE_USER, s->model->fmt.image_placeholder(s->model->marker, s->n_images));
-    if (rc == MCV_OK) rc = eval_pending(s, bm, nullptr);
-    mtmd_bitmap_free(bm);
-    if (rc != MCV_OK) {
-        snap.restore(s);
-        return rc;
-    }
-    s->n_images++;
-    return MCV_OK;
-}
-}  // namespace
-
-namespace mcv {
 double now_ms() {
     using namespace std::chrono;
     return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
@@ -124,7 +83,7 @@ int external_encode(mcv_session *s, const mtmd_bitmap *bm, const SlicePlan &plan
     return MCV_OK;
 }
 
-int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out) {
+int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out, int32_t rollback_to) {
     mcv_model *m = s->model;
     const int32_t n_before = s->n_past;
     const int32_t n_ctx = (int32_t)llama_n_ctx(s->lctx);
@@ -204,7 +163,10 @@ int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out) {
                 const float *out = mtmd_get_output_embd(m->mctx);
                 embd.assign(out, out + ntok * (size_t)n_embd);
             }
-            s->image_encode_ms += now_ms() - t0;
+            const double dt = now_ms() - t0;
+            s->image_encode_ms += dt;
+            s->last_image_encode_ms += dt;  // add_bitmap zeroes it per image
+            s->n_encoded_chunks++;
             llama_pos new_past = s->n_past;
             int32_t drc = mtmd_helper_decode_image_chunk(m->mctx, s->lctx, c, embd.data(), s->n_past, 0,
                                                          m->params.n_batch, &new_past, nullptr, nullptr);
@@ -217,7 +179,7 @@ int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out) {
         mtmd_input_chunks_free(chunks);
     }
     if (rc != MCV_OK) {
-        rollback(s, n_before);
+        rollback(s, rollback_to >= 0 ? rollback_to : n_before);
         return rc;
     }
     if (n_out) *n_out = s->n_past - n_before;
@@ -283,11 +245,14 @@ int mcv_session_reset(mcv_session *s) {
     s->held.clear();
     s->ready_valid = false;
     s->image_encode_ms = s->prefill_ms = s->ttft_ms = s->t_first = s->t_last = 0;
+    s->n_encoded_chunks = s->n_frames = s->n_videos = s->last_image_n_tokens = s->last_image_n_chunks = 0;
+    s->last_image_encode_ms = s->last_image_ms = 0;
+    s->frame_end = std::string::npos;
     return MCV_OK;
 }
 
 int mcv_session_add_text(mcv_session *s, mcv_role role, const char *utf8) {
-    GUARD(s);
+    MCV_GUARD(s);
     if (!utf8) return fail(&s->err, MCV_ERR_INVALID_ARG, "text is NULL");
     if (role < MCV_ROLE_SYSTEM || role > MCV_ROLE_ASSISTANT) return fail(&s->err, MCV_ERR_INVALID_ARG, "unknown role");
     finish_reply(s);
@@ -295,46 +260,14 @@ int mcv_session_add_text(mcv_session *s, mcv_role role, const char *utf8) {
 }
 
 int mcv_session_end_turn(mcv_session *s) {
-    GUARD(s);
+    MCV_GUARD(s);
     finish_reply(s);
     close_turn(s);
     return MCV_OK;
 }
 
-int mcv_session_add_image_bytes(mcv_session *s, const uint8_t *data, size_t size) {
-    GUARD(s);
-    if (!s->model->mctx) return fail(&s->err, MCV_ERR_UNSUPPORTED, "model was loaded without a projector");
-    finish_reply(s);
-    s->cancel.store(false);
-    std::string err;
-    mtmd_bitmap *bm = bitmap_from_bytes(s->model->mctx, data, size, s->model->fit, err);
-    if (!bm) return fail(&s->err, data && size ? MCV_ERR_IMAGE : MCV_ERR_INVALID_ARG, err);
-    return add_image(s, bm);
-}
-
-int mcv_session_add_image_file(mcv_session *s, const char *path) {
-    clear_thread_error();
-    if (!s || !path) return fail(s ? &s->err : nullptr, MCV_ERR_INVALID_ARG, "session or path is NULL");
-    std::vector<uint8_t> bytes;
-    std::string err;
-    const int rc = read_image_file(path, bytes, err);
-    if (rc != MCV_OK) return fail(&s->err, rc, err);
-    return mcv_session_add_image_bytes(s, bytes.data(), bytes.size());
-}
-
-int mcv_session_add_image_rgb(mcv_session *s, const uint8_t *rgb, int32_t w, int32_t h, int32_t stride) {
-    GUARD(s);
-    if (!s->model->mctx) return fail(&s->err, MCV_ERR_UNSUPPORTED, "model was loaded without a projector");
-    finish_reply(s);
-    s->cancel.store(false);
-    std::string err;
-    mtmd_bitmap *bm = bitmap_from_rgb(rgb, w, h, stride, s->model->fit, err);
-    if (!bm) return fail(&s->err, MCV_ERR_INVALID_ARG, err);
-    return add_image(s, bm);
-}
-
 int mcv_session_set_thinking(mcv_session *s, int32_t enabled) {
-    GUARD(s);
+    MCV_GUARD(s);
     if (enabled && !s->model->fmt.thinking_supported)
         return fail(&s->err, MCV_ERR_UNSUPPORTED, s->model->fmt.family + " has no thinking mode");
     s->thinking = enabled != 0;
@@ -342,7 +275,7 @@ int mcv_session_set_thinking(mcv_session *s, int32_t enabled) {
 }
 
 int mcv_session_set_encoder(mcv_session *s, mcv_encode_fn fn, void *user) {
-    GUARD(s);
+    MCV_GUARD(s);
     if (!s->model->mctx) return fail(&s->err, MCV_ERR_UNSUPPORTED, "model was loaded without a projector");
     s->encoder = fn;
     s->encoder_user = fn ? user : nullptr;
@@ -353,7 +286,7 @@ int mcv_session_prompt_text(mcv_session *s, int32_t with_generation_prefix, char
     clear_thread_error();
     if (!out) return fail(s ? &s->err : nullptr, MCV_ERR_INVALID_ARG, "out is NULL");
     *out = nullptr;
-    GUARD(s);
+    MCV_GUARD(s);
     const std::string t = transcript(s, with_generation_prefix != 0);
     char *c = static_cast<char *>(malloc(t.size() + 1));
     if (!c) return fail(&s->err, MCV_ERR_NO_MEMORY, "out of memory");
@@ -382,6 +315,13 @@ int mcv_session_stats(const mcv_session *s, mcv_stats *out) {
     st.n_ctx = (int32_t)llama_n_ctx(s->lctx);
     st.n_images = s->n_images;
     st.finish_reason = s->finish;
+    st.decode_ms = s->n_sampled > 1 ? dt : 0;
+    st.last_image_encode_ms = s->last_image_encode_ms;
+    st.last_image_ms = s->last_image_ms;
+    st.last_image_n_tokens = s->last_image_n_tokens;
+    st.last_image_n_chunks = s->last_image_n_chunks;
+    st.n_encoded_chunks = s->n_encoded_chunks;
+    st.n_video_frames = s->n_frames;
     memcpy(out, &st, st.struct_size);
     return MCV_OK;
 }

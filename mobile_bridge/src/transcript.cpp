@@ -129,6 +129,13 @@ std::string history_reply(const PromptFormat &f, const std::string &reply) {
     return content;
 }
 
+size_t evaluable_prefix(const mcv_session *s) {
+    if (s->open_role < 0) return s->pending.size();
+    const size_t floor = content_floor(s);
+    if (s->open_role == MCV_ROLE_ASSISTANT && !s->reply_open) return floor;  // close_turn rewrites it
+    return s->model->fmt.trim_content ? trim_end(s->pending, floor) : s->pending.size();
+}
+
 int append_part(mcv_session *s, int role, const std::string &text) {
     if (role == MCV_ROLE_SYSTEM && s->last_role != -1 && s->open_role != MCV_ROLE_SYSTEM)
         return fail(&s->err, MCV_ERR_INVALID_ARG, "a system message must come first (the chat template allows "

@@ -112,6 +112,71 @@ void JNI_FN(addImageRgb)(JNIEnv *env, jclass, jlong s, jbyteArray rgb, jint w, j
     check_s(env, s, mcv_session_add_image_rgb(S(s), reinterpret_cast<const uint8_t *>(b.data()), w, h, stride));
 }
 
+// ---- 0.3: prefill ahead, per-image budgets ----
+namespace {
+mcv_image_params image_params(jint max_slices, jlong max_pixels, bool video_frame) {
+    mcv_image_params p;
+    mcv_image_params_init(&p);
+    p.max_slices = max_slices;
+    p.max_pixels = max_pixels;
+    p.video_frame = video_frame ? 1 : 0;
+    return p;
+}
+
+bool rgb_arg(JNIEnv *env, jbyteArray rgb, jint h, jint stride, std::string &b) {
+    if (bytes(env, rgb, b) && (int64_t)stride * h <= (int64_t)b.size()) return true;
+    check(env, MCV_ERR_INVALID_ARG, "rgb array shorter than stride * height");
+    return false;
+}
+}  // namespace
+
+void JNI_FN(prefillText)(JNIEnv *env, jclass, jlong s, jint role, jbyteArray utf8) {
+    std::string t;
+    bool ok = bytes(env, utf8, t);
+    check_s(env, s, mcv_session_prefill_text(S(s), (mcv_role)role, ok ? t.c_str() : nullptr));
+}
+
+void JNI_FN(prefillImage)(JNIEnv *env, jclass, jlong s, jbyteArray data, jint max_slices, jlong max_pixels) {
+    std::string b;
+    bool ok = bytes(env, data, b);
+    mcv_image_params p = image_params(max_slices, max_pixels, false);
+    check_s(env, s, mcv_session_prefill_image(S(s), ok ? reinterpret_cast<const uint8_t *>(b.data()) : nullptr,
+                                              b.size(), &p));
+}
+
+void JNI_FN(prefillImageRgb)(JNIEnv *env, jclass, jlong s, jbyteArray rgb, jint w, jint h, jint stride,
+                             jint max_slices, jlong max_pixels) {
+    std::string b;
+    if (!rgb_arg(env, rgb, h, stride, b)) return;
+    mcv_image_params p = image_params(max_slices, max_pixels, false);
+    check_s(env, s, mcv_session_prefill_image_rgb(S(s), reinterpret_cast<const uint8_t *>(b.data()), w, h, stride, &p));
+}
+
+void JNI_FN(prefillVideoFrame)(JNIEnv *env, jclass, jlong s, jbyteArray rgb, jint w, jint h, jint stride,
+                               jboolean new_video) {
+    std::string b;
+    if (!rgb_arg(env, rgb, h, stride, b)) return;
+    const uint8_t *px = reinterpret_cast<const uint8_t *>(b.data());
+    mcv_image_params p = image_params(0, 0, true);
+    p.video_frame = new_video ? 2 : 1;
+    check_s(env, s, new_video ? mcv_session_prefill_image_rgb(S(s), px, w, h, stride, &p)
+                              : mcv_session_prefill_video_frame(S(s), px, w, h, stride));
+}
+
+jintArray JNI_FN(imageCost)(JNIEnv *env, jclass, jlong s, jint w, jint h, jint max_slices, jlong max_pixels,
+                            jboolean video_frame) {
+    mcv_image_params p = image_params(max_slices, max_pixels, video_frame);
+    mcv_image_cost c{};
+    c.struct_size = sizeof(c);
+    if (check_s(env, s, mcv_session_image_cost(S(s), w, h, &p, &c)) < 0) return nullptr;
+    jint v[7] = {c.width, c.height, c.n_chunks, c.grid_cols, c.grid_rows, c.n_tokens, c.n_embd_rows};
+    jintArray a = env->NewIntArray(7);
+    if (a) env->SetIntArrayRegion(a, 0, 7, v);
+    return a;
+}
+
+void JNI_FN(endTurn)(JNIEnv *env, jclass, jlong s) { check_s(env, s, mcv_session_end_turn(S(s))); }
+
 void JNI_FN(setThinking)(JNIEnv *env, jclass, jlong s, jboolean on) {
     check_s(env, s, mcv_session_set_thinking(S(s), on ? 1 : 0));
 }
@@ -142,10 +207,16 @@ jdoubleArray JNI_FN(stats)(JNIEnv *env, jclass, jlong s) {
     mcv_stats st{};
     st.struct_size = sizeof(st);
     if (check_s(env, s, mcv_session_stats(S(s), &st)) < 0) return nullptr;
-    double v[7] = {st.image_encode_ms, st.prefill_tok_per_s, st.decode_tok_per_s, st.ttft_ms,
-                   (double)st.n_ctx_used, (double)st.n_images, (double)st.finish_reason};
-    jdoubleArray a = env->NewDoubleArray(7);
-    if (a) env->SetDoubleArrayRegion(a, 0, 7, v);
+    // order: NativeBridge.stats() documents it
+    double v[] = {st.image_encode_ms, st.prefill_tok_per_s, st.decode_tok_per_s, st.ttft_ms,
+                  (double)st.n_ctx_used, (double)st.n_images, (double)st.finish_reason,
+                  st.prefill_ms, st.decode_ms, (double)st.n_prefill_tokens, (double)st.n_decode_tokens,
+                  st.last_image_encode_ms, st.last_image_ms, (double)st.last_image_n_tokens,
+                  (double)st.last_image_n_chunks, (double)st.n_encoded_chunks, (double)st.n_video_frames,
+                  (double)st.n_ctx};
+    const jsize n = (jsize)(sizeof(v) / sizeof(v[0]));
+    jdoubleArray a = env->NewDoubleArray(n);
+    if (a) env->SetDoubleArrayRegion(a, 0, n, v);
     return a;
 }
 

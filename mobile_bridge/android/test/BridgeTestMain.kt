@@ -31,6 +31,30 @@ fun main(args: Array<String>) {
     check(!finished && n == 3, "cancel: finished=$finished pieces=$n")
     session.reset()
     check(session.promptText(false).length == 0, "reset")
+
+    // 0.3: encode the photo ahead of the question; the question then costs only its own tokens
+    val cost = session.imageCost(400, 300)
+    session.prefillText(MiniCpmvEngine.Role.SYSTEM, "You are terse.")
+    session.prefillImage(File(args[3]).readBytes())
+    val pre = session.stats()
+    check(pre.lastImageNTokens == cost.nTokens && pre.nEncodedChunks == cost.nChunks, "prefill = cost: $pre $cost")
+    session.addUserText("What is in the image?")
+    check(session.generate(maxTokens = 4) { false }, "generate after prefill")
+    val post = session.stats()
+    check(post.nPrefillTokens in 1 until cost.nTokens / 2 && post.nEncodedChunks == pre.nEncodedChunks,
+          "question tokens only: ${post.nPrefillTokens}")
+    val one = session.imageCost(1344, 896, maxSlices = 1)
+    session.prefillImageRgb(ByteArray(1344 * 896 * 3), 1344, 896, maxSlices = 1)
+    check(session.stats().lastImageNChunks == 1 && one.nChunks == 1, "per-image max_slices")
+    session.prefillVideoFrame(ByteArray(64 * 48 * 3), 64, 48)
+    check(session.stats().nVideoFrames == 1, "video frame")
+    try {
+        session.prefillImageRgb(ByteArray(30), 10, 1, maxSlices = 99)
+        check(false, "99 slices must throw")
+    } catch (e: MiniCpmvException) {
+        check(e.code == -13, "99 slices code ${e.code}")
+    }
+    session.reset()
     session.close()
     engine.close()
     println("kotlin: $failures failure(s); version ${MiniCpmvEngine.version}")

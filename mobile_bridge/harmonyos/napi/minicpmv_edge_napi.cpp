@@ -3,19 +3,12 @@
 // worker and return Promises; generated pieces reach JS through a threadsafe function,
 // in order, and the generate Promise resolves from that same queue after the last piece.
 // Only Node-API calls that OpenHarmony's libace_napi also provides are used.
-#ifdef __OHOS__
-#include "napi/native_api.h"
-#else
-#include <node_api.h>
-#endif
+#include "napi_glue.h"
 
 #include <cstring>
-#include <string>
-#include <vector>
+#include <utility>
 
-#include "minicpmv_edge.h"
-
-namespace {
+namespace mcvnapi {
 
 #define CALL(env, expr)                                           \
     do {                                                          \
@@ -48,7 +41,7 @@ void *ptr_arg(napi_env env, napi_value v) {
     return p;
 }
 
-std::string str_arg(napi_env env, napi_value v, bool *present = nullptr) {
+std::string str_arg(napi_env env, napi_value v, bool *present) {
     napi_valuetype t;
     napi_typeof(env, v, &t);
     if (present) *present = t == napi_string;
@@ -93,6 +86,12 @@ bool bytes_arg(napi_env env, napi_value v, std::vector<uint8_t> &out) {
     return true;
 }
 
+int32_t int_arg(napi_env env, napi_value v) {
+    int32_t x = 0;
+    napi_get_value_int32(env, v, &x);
+    return x;
+}
+
 napi_value args(napi_env env, napi_callback_info info, size_t n, napi_value *argv) {
     size_t argc = n;
     for (size_t i = 0; i < n; i++) napi_get_undefined(env, &argv[i]);
@@ -100,25 +99,7 @@ napi_value args(napi_env env, napi_callback_info info, size_t n, napi_value *arg
     return nullptr;
 }
 
-// ---- async work: one job type for load / image / generate ------------------------
-enum class Kind { Load, Image, Generate };
-
-struct Job {
-    Kind kind;
-    napi_async_work work = nullptr;
-    napi_deferred deferred = nullptr;
-    napi_threadsafe_function tsfn = nullptr;  // Generate only
-    std::string a, b;                          // paths
-    std::vector<uint8_t> data;                 // image bytes
-    mcv_model_params mp{};
-    mcv_gen_params gp{};
-    mcv_session *s = nullptr;
-    mcv_model *model = nullptr;
-    int rc = 0;
-    std::string err;
-    int refs = 1;  // Generate: 2 (complete + the last tsfn message, in either order; JS thread only)
-};
-
+// ---- async work: one job type for load / prefill / generate ------------------------
 struct Piece {  // one message through the threadsafe function
     Job *job;
     std::string text;
@@ -155,8 +136,8 @@ void execute(napi_env, void *data) {  // libuv worker thread: no napi_* calls ex
             j->rc = mcv_model_load(j->a.c_str(), j->b.empty() ? nullptr : j->b.c_str(), &j->mp, &j->model);
             if (j->rc < 0) j->err = mcv_last_error();
             break;
-        case Kind::Image:
-            j->rc = mcv_session_add_image_bytes(j->s, j->data.data(), j->data.size());
+        case Kind::Call:
+            j->rc = j->call(j);
             if (j->rc < 0) j->err = mcv_session_errmsg(j->s);
             break;
         case Kind::Generate:
@@ -278,17 +259,11 @@ napi_value AddText(napi_env env, napi_callback_info info) {  // (s, role 0|1|2, 
     return nullptr;
 }
 
-napi_value AddImage(napi_env env, napi_callback_info info) {  // (s, Uint8Array|ArrayBuffer) -> Promise<0>
-    napi_value a[2];
-    mcv_session *s = session_arg(env, info, 2, a);
-    auto *j = new Job{Kind::Image};
-    j->s = s;
-    if (!s || !bytes_arg(env, a[1], j->data)) {
-        delete j;
-        ok(env, MCV_ERR_INVALID_ARG, "addImage(session, Uint8Array|ArrayBuffer)");
-        return nullptr;
-    }
-    return queue(env, j, "mcv.addImage");
+napi_value EndTurn(napi_env env, napi_callback_info info) {
+    napi_value a[1];
+    mcv_session *s = session_arg(env, info, 1, a);
+    ok(env, mcv_session_end_turn(s), s ? mcv_session_errmsg(s) : mcv_last_error());
+    return nullptr;
 }
 
 napi_value SetThinking(napi_env env, napi_callback_info info) {
@@ -349,7 +324,12 @@ napi_value Stats(napi_env env, napi_callback_info info) {
     const std::pair<const char *, double> f[] = {
         {"imageEncodeMs", st.image_encode_ms}, {"prefillTokPerS", st.prefill_tok_per_s},
         {"decodeTokPerS", st.decode_tok_per_s}, {"ttftMs", st.ttft_ms}, {"nCtxUsed", (double)st.n_ctx_used},
-        {"nImages", (double)st.n_images}, {"finishReason", (double)st.finish_reason}};
+        {"nImages", (double)st.n_images}, {"finishReason", (double)st.finish_reason},
+        {"prefillMs", st.prefill_ms}, {"decodeMs", st.decode_ms}, {"nPrefillTokens", (double)st.n_prefill_tokens},
+        {"nDecodeTokens", (double)st.n_decode_tokens}, {"lastImageEncodeMs", st.last_image_encode_ms},
+        {"lastImageMs", st.last_image_ms}, {"lastImageNTokens", (double)st.last_image_n_tokens},
+        {"lastImageNChunks", (double)st.last_image_n_chunks}, {"nEncodedChunks", (double)st.n_encoded_chunks},
+        {"nVideoFrames", (double)st.n_video_frames}, {"nCtx", (double)st.n_ctx}};
     for (const auto &kv : f) {
         napi_create_double(env, kv.second, &v);
         napi_set_named_property(env, o, kv.first, v);
@@ -372,17 +352,23 @@ napi_value Init(napi_env env, napi_value exports) {
         {"generate", nullptr, Generate, nullptr, nullptr, nullptr, napi_default, nullptr},
         {"promptText", nullptr, PromptText, nullptr, nullptr, nullptr, napi_default, nullptr},
         {"stats", nullptr, Stats, nullptr, nullptr, nullptr, napi_default, nullptr},
+        {"endTurn", nullptr, EndTurn, nullptr, nullptr, nullptr, napi_default, nullptr},
+        {"prefillText", nullptr, PrefillText, nullptr, nullptr, nullptr, napi_default, nullptr},
+        {"prefillImage", nullptr, PrefillImage, nullptr, nullptr, nullptr, napi_default, nullptr},
+        {"prefillImageRgb", nullptr, PrefillImageRgb, nullptr, nullptr, nullptr, napi_default, nullptr},
+        {"prefillVideoFrame", nullptr, PrefillVideoFrame, nullptr, nullptr, nullptr, napi_default, nullptr},
+        {"imageCost", nullptr, ImageCost, nullptr, nullptr, nullptr, napi_default, nullptr},
     };
     napi_define_properties(env, exports, sizeof(d) / sizeof(d[0]), d);
     return exports;
 }
 
-}  // namespace
+}  // namespace mcvnapi
 
 #ifdef __OHOS__
 // HarmonyOS: `import bridge from 'libminicpmv_edge_napi.so'` (name must match oh-package.json5)
-static napi_module g_module = {1, 0, nullptr, Init, "minicpmv_edge_napi", nullptr, {0}};
+static napi_module g_module = {1, 0, nullptr, mcvnapi::Init, "minicpmv_edge_napi", nullptr, {0}};
 extern "C" __attribute__((constructor)) void RegisterMinicpmvEdge(void) { napi_module_register(&g_module); }
 #else
-NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)
+NAPI_MODULE(NODE_GYP_MODULE_NAME, mcvnapi::Init)
 #endif

@@ -1,5 +1,7 @@
 // Swift face of minicpmv_edge.h. Mechanical: one method per C call, status < 0 -> throw.
-// Not compiled in this repository (no Swift toolchain); keep it a thin mapping of the header.
+// No Swift compiler here: CI parses this file with tree-sitter-swift and checks every C name it
+// uses against the header (mobile_bridge/python/swift_abi_check.py: functions exist with the same
+// arity, struct fields exist, closures passed as C callbacks take the callback's parameters).
 import CMiniCPMVEdge
 import Foundation
 
@@ -107,8 +109,83 @@ public final class MiniCPMVSession: @unchecked Sendable {
     }
 
     public func setThinking(_ on: Bool) throws { try check(mcv_session_set_thinking(s, on ? 1 : 0), err()) }
+    public func endTurn() throws { try check(mcv_session_end_turn(s), err()) }
+    /// Clears the conversation (KV cache, images, counters); keeps the context.
     public func reset() throws { try check(mcv_session_reset(s), err()) }
+    /// Any thread: stops a running generate, or a prefill between image chunks.
     public func cancel() { mcv_session_cancel(s) }
+
+    // MARK: prefill ahead (bridge 0.3): encode a photo as soon as it is picked, while the user
+    // types; the question sent later costs only its own tokens (stats().n_prefill_tokens).
+    // Each call is slow (seconds per image on phones): run it off the main actor.
+
+    /// Slice budget and pixel cap of one image; 0: the model's (maxSlices 1: no slicing).
+    public struct ImageBudget {
+        public var maxSlices: Int32
+        public var maxPixels: Int64
+        public init(maxSlices: Int32 = 0, maxPixels: Int64 = 0) {
+            self.maxSlices = maxSlices
+            self.maxPixels = maxPixels
+        }
+    }
+
+    private func imageParams(_ budget: ImageBudget, videoFrame: Bool = false) -> mcv_image_params {
+        var p = mcv_image_params()
+        mcv_image_params_init(&p)
+        p.max_slices = budget.maxSlices
+        p.max_pixels = budget.maxPixels
+        p.video_frame = videoFrame ? 1 : 0
+        return p
+    }
+
+    /// Adds text to a `role` turn and evaluates everything pending now.
+    public func prefill(_ role: Role, _ text: String) throws {
+        try check(mcv_session_prefill_text(s, mcv_role(UInt32(role.rawValue)), text), err())
+    }
+
+    public func prefillImage(_ data: Data, budget: ImageBudget = ImageBudget()) throws {
+        var p = imageParams(budget)
+        try data.withUnsafeBytes { raw in
+            try check(mcv_session_prefill_image(s, raw.bindMemory(to: UInt8.self).baseAddress, raw.count, &p), err())
+        }
+    }
+
+    public func prefillImage(path: String, budget: ImageBudget = ImageBudget()) throws {
+        var p = imageParams(budget)
+        try check(mcv_session_prefill_image_file(s, path, &p), err())
+    }
+
+    public func prefillImageRGB(_ rgb: Data, width: Int32, height: Int32, stride: Int32,
+                                budget: ImageBudget = ImageBudget()) throws {
+        var p = imageParams(budget)
+        try rgb.withUnsafeBytes { raw in
+            try check(mcv_session_prefill_image_rgb(s, raw.bindMemory(to: UInt8.self).baseAddress, width, height,
+                                                    stride, &p), err())
+        }
+    }
+
+    /// One decoded video frame (RGB888, e.g. from AVAssetImageGenerator at 1 fps), unsliced.
+    /// Consecutive frames are one video; `newVideo` starts another right after one.
+    public func prefillVideoFrame(_ rgb: Data, width: Int32, height: Int32, stride: Int32,
+                                  newVideo: Bool = false) throws {
+        var p = imageParams(ImageBudget(), videoFrame: true)
+        p.video_frame = newVideo ? 2 : 1
+        try rgb.withUnsafeBytes { raw in
+            let px = raw.bindMemory(to: UInt8.self).baseAddress
+            try check(newVideo ? mcv_session_prefill_image_rgb(s, px, width, height, stride, &p)
+                               : mcv_session_prefill_video_frame(s, px, width, height, stride), err())
+        }
+    }
+
+    /// What a width x height image would cost with `budget`, computed without encoding it.
+    public func imageCost(width: Int32, height: Int32, budget: ImageBudget = ImageBudget(),
+                          videoFrame: Bool = false) throws -> mcv_image_cost {
+        var p = imageParams(budget, videoFrame: videoFrame)
+        var c = mcv_image_cost()
+        c.struct_size = MemoryLayout<mcv_image_cost>.size
+        try check(mcv_session_image_cost(s, width, height, &p, &c), err())
+        return c
+    }
 
     /// Streams the reply through the pull API on a detached task; cancelling the consuming
     /// task (or calling cancel()) stops generation at the next token.
