@@ -101,12 +101,12 @@ def rendered_prompt(text: Path) -> str:
 
 
 def run_llama(binary: Path, text: Path, prompt: str, n: int, threads: int, seed: int, schema) -> dict:
-    from runtime import NO_REPACK
+    from runtime import no_repack
 
     cmd = [str(binary), "-m", str(text), "-p", prompt, "-n", str(n), "-no-cnv", "-t", str(threads),
            "-c", "2048", "--seed", str(seed), "--temp", str(SAMPLING["temperature"]), "--top-k", str(SAMPLING["top_k"]),
            "--top-p", str(SAMPLING["top_p"]), "--min-p", "0", "--repeat-penalty", "1.0", "--no-warmup",
-           "--perf"] + NO_REPACK + (["--json-schema", json.dumps(schema)] if schema is not None else ["--ignore-eos"])
+           "--perf"] + no_repack(text) + (["--json-schema", json.dumps(schema)] if schema is not None else ["--ignore-eos"])
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     m = re.search(r"eval time =\s*([\d.]+) ms /\s*(\d+) runs", p.stderr.split("prompt eval time")[-1])
     if p.returncode != 0 or not m:

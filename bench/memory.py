@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
     img = work / "bench-448.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (448, 448, 3), dtype=np.uint8)).save(img)
-    from minicpmv_edge.edge_runtime.engine import cpu_has_amx
+    from minicpmv_edge.edge_runtime.engine import repacking_ok
 
     runs = {
         "C bridge": [sys.executable, str(BENCH / "bridge.py"), "--child", "--text", str(q), "--mmproj", str(mmproj),
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         "llama-mtmd-cli": [str(llama_tools.build(["llama-mtmd-cli"])["llama-mtmd-cli"]), "-m", str(q), "--mmproj",
                            str(mmproj), "--image", str(img), "-p", "Describe the image.", "-n", "16", "-c", "4096",
                            "-t", str(a.threads), "--temp", "0", "--no-warmup"]
-                          + (["--no-repack"] if cpu_has_amx() else []),
+                          + ([] if repacking_ok(q) else ["--no-repack"]),
     }
     rows, result = [], {}
     for name, cmd in runs.items():

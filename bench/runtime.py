@@ -31,11 +31,13 @@ import _common  # noqa: E402
 import llama_tools  # noqa: E402
 
 PROMPT = "Describe this image in detail."
-# On AMX CPUs llama.cpp's weight repacking segfaults (llama-mtmd-cli itself crashes here with
-# exit 139); our runtime turns repacking off there (edge_runtime/engine.py), so the anchor runs so too.
-from minicpmv_edge.edge_runtime.engine import cpu_has_amx  # noqa: E402
+# Where llama.cpp's AMX repacking crashes (the 2-core CI VM; llama-mtmd-cli itself exits 139 there) our
+# runtime turns repacking off (edge_runtime/cpu_features.py), so the anchor runs so too; elsewhere both keep it.
+from minicpmv_edge.edge_runtime.engine import repacking_ok  # noqa: E402
 
-NO_REPACK = ["--no-repack"] if cpu_has_amx() else []
+
+def no_repack(text) -> list[str]:
+    return [] if repacking_ok(text) else ["--no-repack"]
 FOLLOW_UP = "What is the main colour?"
 
 OURS = r"""
@@ -117,7 +119,7 @@ def image_file(work: Path) -> Path:
     return p
 
 
-def stream_timed(cmd: list[str]) -> tuple[float, float, float, str, int]:
+def stream_timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, float, str, int]:
     """Run a CLI, timing its stdout: (t_start, t_first_byte, t_last_byte, stderr, maxrss_kb).
     Both CLIs print each token as it is sampled, so the stream times them alike."""
     import os
@@ -126,7 +128,7 @@ def stream_timed(cmd: list[str]) -> tuple[float, float, float, str, int]:
 
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
         t_first = t_last = None
         while c := p.stdout.read(1):
             if c.strip():
@@ -140,14 +142,15 @@ def stream_timed(cmd: list[str]) -> tuple[float, float, float, str, int]:
     return t0, t_first, t_last, log, ru.ru_maxrss
 
 
-def run_mtmd_cli(binary: Path, text: Path, mmproj: Path, image: Path, n: int, threads: int) -> dict:
+def run_mtmd_cli(binary: Path, text: Path, mmproj: Path, image: Path, n: int, threads: int,
+                 extra: list[str] | None = None, env: dict | None = None) -> dict:
     """llama-mtmd-cli prints no llama_perf summary in one-shot mode, so: its own log timestamps
     (relative to its start) mark the start of image encoding; its stdout stream gives the first
     reply byte and the decode rate (--ignore-eos: exactly n tokens)."""
     cmd = [str(binary), "-m", str(text), "--mmproj", str(mmproj), "--image", str(image), "-p", PROMPT,
            "-n", str(n), "--temp", "0", "--repeat-penalty", "1.0", "-t", str(threads), "-c", "4096",
-           "-b", "512", "-ub", "512", "--no-warmup", "--ignore-eos", "--log-timestamps"] + NO_REPACK
-    t0, t_first, t_last, log, maxrss = stream_timed(cmd)
+           "-b", "512", "-ub", "512", "--no-warmup", "--ignore-eos", "--log-timestamps"] + no_repack(text) + (extra or [])
+    t0, t_first, t_last, log, maxrss = stream_timed(cmd, env)
     m = re.search(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) I encoding mtmd batch", log, re.M)
     start = int(m[1]) * 60 + int(m[2]) + int(m[3]) / 1e3 + int(m[4]) / 1e6
     enc = sum(int(x) for x in re.findall(r"mtmd batch encoding done in (\d+) ms", log))
@@ -182,7 +185,7 @@ def run_ours(text: Path, mmproj: Path, image: Path, n: int, threads: int) -> dic
 
 def run_llama_bench(binary: Path, text: Path, n: int, threads: int) -> float:
     r = _common.run_measured([str(binary), "-m", str(text), "-p", "0", "-n", str(n), "-t", str(threads),
-                              "-r", "2", "-o", "json"] + (["--repack", "0"] if NO_REPACK else []),
+                              "-r", "2", "-o", "json"] + (["--repack", "0"] if no_repack(text) else []),
                              tail_chars=20000)
     try:
         data = json.loads(r.stdout_tail[r.stdout_tail.index("["):])

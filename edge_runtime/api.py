@@ -25,11 +25,16 @@ from minicpmv_edge.manifest import Manifest
 
 from . import engine
 from .engine import Bitmap, Context, Model, Vision
-from .media import Image, MediaLimits
+from .external_encoder import slice_plan
+from .media import Image, MediaLimits, load_image
 from .messages import Turn, Video, normalize
 from .prompt import PromptFormat, RenderedPrompt
 from . import chat_args
 from .generate import generate
+from .prefill_ahead import PrefillResult, prefix_before_cut, with_cut
+from .encoder_choice import choose
+from .image_budget import (MTMD_MAX_SLICES, ImageBudget, ImageCost, bitmap_id, downscaled_size, mtmd_fit_size,
+                           resized)
 from .results import ChatResult, Piece, Timings  # noqa: F401  (public names of this module)
 from .load_checks import resolve_n_ctx
 from .sampling import model_defaults
@@ -45,12 +50,22 @@ class LoadOptions:
     n_batch: int = 512
     n_gpu_layers: int = 0  # Metal/CUDA builds: layers to offload (-1 = all)
     mmproj_gpu: bool = False  # run the vision encoder on the GPU backend
-    max_slices: int | None = None  # cap on LLaVA-UHD slices per image (default: the model's)
+    max_slices: int | None = None  # default slice budget per image (default: the model's; mtmd families <= 9)
+    max_pixels: int | None = None  # default pixel budget per image: downscaled above it (image_budget.py)
     image_max_pixels: int = MediaLimits.max_pixels
     use_mmap: bool = True
-    # an external image-slice encoder used instead of mtmd's (edge_runtime/external_encoder.py,
-    # e.g. OnnxVisionEncoder("vision-onnx/")): n_chunks(rgb), slices(rgb), encode(pixels), check(...)
+    # the vision encoder (encoder_choice.py): "mtmd" (llama.cpp), "onnx" (an export-vision folder,
+    # `vision_onnx`, run by ONNX Runtime in `onnx_precision` fp32/fp16/int8), an encoder object
+    # (external_encoder.py's protocol: n_chunks(rgb), slices(rgb), encode(pixels), check(...)), or
+    # "auto"/None: this platform's measured default
     vision_encoder: object | None = None
+    mmproj_type: str | None = None  # projector storage for llama.cpp's encoder: f16, q8_0, ... (None: default)
+    vision_onnx: str | None = None
+    onnx_precision: str = "fp32"
+    vision_flash_attn: int = -1  # flash attention in mtmd's vision graph: -1 auto, 0 off, 1 on
+    # persistent image-embedding cache (embedding_store.py): a folder, and its size cap in MiB
+    image_cache_dir: str | None = None
+    image_cache_mb: int = 1024
 
 
 class MiniCPMV:
@@ -63,24 +78,34 @@ class MiniCPMV:
         # ranges, GPU availability, the KV cache against free memory; -c 0 = the training context
         self.options = opts = replace(opts, n_ctx=resolve_n_ctx(opts, info))
         self.limits = MediaLimits(max_pixels=opts.image_max_pixels)
+        ImageBudget(opts.max_slices, opts.max_pixels).validated(None)  # types and ranges; the cap below
+        # mtmd's slice size and patch (clip.vision.image_size / patch_size): image_cost's slice grid
+        mm_kv = mm_info.kv if mm_info is not None else {}
+        self._slice_geometry = (int(mm_kv.get(schema.CLIP_IMAGE_SIZE, 448)), int(mm_kv.get("clip.vision.patch_size", 14)))
         threads = opts.n_threads or engine.physical_cores()
         self.model = Model(str(model), n_gpu_layers=opts.n_gpu_layers, use_mmap=opts.use_mmap)
         self.format.template.special_tokens.update(self.model.special_tokens())  # bos_token, eos_token, ...
+        self.encoder = choose(opts.vision_encoder, mmproj, opts.mmproj_type, opts.mmproj_gpu, opts.vision_onnx,
+                              opts.onnx_precision, threads, self.format.family, self.model.n_embd)
+        log.info("vision encoder: %s", self.encoder.describe())
+        mmproj_file = self.encoder.mmproj
         # the merger families (4.6, OCR, 4.7) lay images out as transformers' processors do and
         # encode the crops themselves (visual_plan.py); the resampler families go through mtmd
         self.exact_images = mm_info is not None and mm_info.get(schema.CLIP_PROJECTOR_TYPE) == schema.PROJECTOR_MINICPMV4_6
+        if opts.max_slices and not self.exact_images and opts.max_slices > MTMD_MAX_SLICES:
+            raise InputError(f"max_slices {opts.max_slices}: {self.format.family} is sliced by mtmd, which "
+                             f"allows at most {MTMD_MAX_SLICES} slices per image at llama.cpp 0c1e570")
         if self.exact_images:
             from .clip_encoder import ClipEncoder
 
-            self.vision = ClipEncoder(str(mmproj), n_threads=threads, use_gpu=opts.mmproj_gpu)
+            self.vision = ClipEncoder(str(mmproj_file), n_threads=threads, use_gpu=opts.mmproj_gpu)
         else:
-            self.vision = Vision(str(mmproj), self.model, n_threads=threads, use_gpu=opts.mmproj_gpu) if mmproj else None
-        self.cache = EmbeddingCache()
+            self.vision = Vision(str(mmproj_file), self.model, n_threads=threads, use_gpu=opts.mmproj_gpu,
+                                 flash_attn=opts.vision_flash_attn) if mmproj else None
+        self.cache = EmbeddingCache(store=self._disk_cache(opts, mmproj_file))
         self._ctx = Context(self.model, n_ctx=opts.n_ctx, n_batch=opts.n_batch, n_threads=threads)
-        enc = opts.vision_encoder
+        enc = self.encoder.external
         if enc is not None:
-            if self.vision is None:
-                raise InputError("vision_encoder needs an mmproj (mtmd still slices and tokenizes images)")
             if hasattr(enc, "check"):
                 enc.check(mmproj=str(mmproj), text_n_embd=self.model.n_embd, family=self.format.family)
         if self.exact_images:
@@ -97,6 +122,26 @@ class MiniCPMV:
         self._stop_ids = {t for s in self.format.stop for t in self._single_token(s)}
         # generation_config.json's settings (general.sampling.*), else the model card's
         self.sampling_defaults = model_defaults(self.model.meta)
+
+    def _disk_cache(self, opts: LoadOptions, mmproj_file):
+        if not opts.image_cache_dir or mmproj_file is None:
+            return None
+        ext = self.encoder.external
+        # what the embeddings depend on besides the projector file: the disk cache's namespace
+        identity = "llama.cpp" if ext is None else getattr(ext, "identity", None)
+        if not identity:
+            log.warning("no persistent image cache: the encoder %s has no `identity`", self.encoder.describe())
+            return None
+        from .embedding_store import DiskEmbeddingStore, encoder_namespace
+
+        if isinstance(opts.image_cache_mb, bool) or not isinstance(opts.image_cache_mb, int) or opts.image_cache_mb < 1:
+            raise InputError(f"image_cache_mb must be a positive integer, got {opts.image_cache_mb!r}")
+        root = Path(opts.image_cache_dir)
+        try:
+            ns = encoder_namespace(mmproj_file, identity, root)
+            return DiskEmbeddingStore(root, ns, opts.image_cache_mb << 20)
+        except OSError as exc:
+            raise InputError(f"cannot use this folder for the image cache ({exc.strerror or exc})", root) from None
 
     @classmethod
     def from_folder(cls, folder: str | Path, options: LoadOptions | None = None, **overrides) -> "MiniCPMV":
@@ -124,8 +169,7 @@ class MiniCPMV:
         loaded = [im if isinstance(im, Image) else load_image(im, self.limits) for im in images]
         if self.vision is None:
             raise InputError("this model was loaded without an mmproj; images need one")
-        bitmaps = [Bitmap(im.rgb if self.exact_images else self._fit_slices(im.rgb, self._max_slices()), im.digest)
-                   for im in loaded]
+        bitmaps = [self._bitmap(im, self._budget(None, None), frame=False) for im in loaded]
         with self._lock:
             return self.session.encode_ahead(bitmaps)
 
@@ -170,8 +214,9 @@ class MiniCPMV:
 
     # --- prompt -------------------------------------------------------------
     def render(self, turns: list[Turn], enable_thinking: bool | None = False, tools=None,
-               **template_kwargs) -> tuple[RenderedPrompt, list[Bitmap]]:
-        """The prompt from the model's own chat template (prompt.py), and one bitmap per media marker."""
+               budget: ImageBudget | None = None, **template_kwargs) -> tuple[RenderedPrompt, list[Bitmap]]:
+        """The prompt from the model's own chat template (prompt.py), and one bitmap per media marker,
+        laid out under this request's image `budget` (image_budget.py)."""
         if any(not isinstance(p, str) for t in turns for p in t.parts) and self.vision is None:
             raise InputError("this model was loaded without an mmproj; images need one")
         marker = self.vision.marker if self.vision else ""
@@ -180,39 +225,37 @@ class MiniCPMV:
         for m in rendered.media:
             # exact-image families slice as their processor does (visual_plan.py); mtmd's get shrunk
             # to the slice cap; video frames: no slicing (model cards' video recipe)
-            cap = self.format.video_max_slice_nums if m.frame else self._max_slices()
-            rgb = m.image.rgb if self.exact_images else self._fit_slices(m.image.rgb, cap)
-            bitmaps.append(Bitmap(rgb, m.image.digest + ("/v" if m.frame else ""),
-                                  embed=getattr(m.image, "embed", None) if m.frame else None))
+            bm = self._bitmap(m.image, budget or ImageBudget(), frame=m.frame)
+            bm.embed = getattr(m.image, "embed", None) if m.frame else None
+            bitmaps.append(bm)
         return rendered, bitmaps
 
     def build_prompt(self, turns: list[Turn], enable_thinking: bool | None = False, tools=None,
-                     **template_kwargs) -> tuple[str, list[Bitmap]]:
-        rendered, bitmaps = self.render(turns, enable_thinking, tools, **template_kwargs)
+                     budget: ImageBudget | None = None, **template_kwargs) -> tuple[str, list[Bitmap]]:
+        rendered, bitmaps = self.render(turns, enable_thinking, tools, budget=budget, **template_kwargs)
         return rendered.text, bitmaps
 
     def _max_slices(self) -> int:
         return min(self.options.max_slices or self.format.max_slice_nums, self.format.max_slice_nums)
 
-    @staticmethod
-    def _fit_slices(rgb, max_slices: int):
-        """mtmd always allows 9 slices; fewer are obtained by shrinking the image so that
-        LLaVA-UHD's slice count (ceil(area / 448^2)) stays within the cap; 1 = no slicing."""
-        import numpy as np
-        from PIL import Image as PILImage
+    def _bitmap(self, img: Image, budget: ImageBudget, frame: bool) -> Bitmap:
+        """One image as the encoder will see it under `budget` (image_budget.py); video frames keep the
+        model's video slicing (1: unsliced) and take only the pixel cap."""
+        size = downscaled_size(*img.size, budget.max_pixels)
+        max_slices = None
+        if not self.exact_images:  # mtmd slices: shrink until its slice count fits the cap
+            cap = self.format.video_max_slice_nums if frame else (budget.max_slice_nums or self._max_slices())
+            size = mtmd_fit_size(*size, cap)
+        elif not frame:
+            max_slices = budget.max_slice_nums
+        return Bitmap(resized(img.rgb, size), bitmap_id(img.digest, img.size, size, "/v" if frame else ""), max_slices)
 
-        h, w = rgb.shape[:2]
-        side = 448
-        if max_slices >= 9:
-            return rgb
-        if max_slices <= 1:
-            scale = min(1.0, side / max(h, w))
-        else:
-            scale = min(1.0, (max_slices * side * side / (w * h)) ** 0.5 * 0.999)
-        if scale >= 1.0:
-            return rgb
-        nw, nh = max(2, int(w * scale)), max(2, int(h * scale))
-        return np.asarray(PILImage.fromarray(rgb).resize((nw, nh), PILImage.BICUBIC))
+    def _budget(self, max_slice_nums, max_pixels) -> ImageBudget:
+        """This request's image budget; what it leaves open comes from the load options."""
+        # processor-exact families slice with any cap (their processors do); mtmd at most 9
+        cap = None if self.exact_images else min(self.format.max_slice_nums, MTMD_MAX_SLICES)
+        return ImageBudget(max_slice_nums, max_pixels if max_pixels is not None else self.options.max_pixels) \
+            .validated(cap)
 
     # --- chat ---------------------------------------------------------------
     def chat(self, messages, *, stream: bool = False, enable_thinking: bool | None = False,
@@ -226,9 +269,13 @@ class MiniCPMV:
              logprobs: bool = False, top_logprobs: int = 0,
              reasoning_format: str = "auto", thinking_budget: int = -1, thinking_budget_message: str = "",
              tools: list | None = None, tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
-             chat_template_kwargs: dict | None = None):
+             chat_template_kwargs: dict | None = None, max_slice_nums: int | None = None,
+             max_pixels: int | None = None):
         """Answer the conversation `messages`; a ChatResult, or with stream=True an iterator of Pieces
         (then `last_result` holds the ChatResult once it is exhausted).
+
+        `max_slice_nums` / `max_pixels`: this request's image budget (image_budget.py; `image_cost`
+        tells what an image costs under it before anything is encoded).
 
         Sampling arguments left at None take the model's defaults (`sampling_defaults`: the GGUF's
         general.sampling.* keys from generation_config.json, else the model card's). `seed` None or -1:
@@ -244,7 +291,8 @@ class MiniCPMV:
         them wins). `tools` (OpenAI's function definitions) reach the chat template; calls in the
         answer come back in `ChatResult.tool_calls` (`Piece.tool_call` when streaming) in the model's own
         format; `tool_choice` "auto" (default), "none", "required" or {"type": "function", "function":
-        {"name": ...}} (the last two enforced by a grammar); `parallel_tool_calls=False`: one call at most."""
+        {"name": ...}} (the last two enforced by a grammar); `parallel_tool_calls=False`: one call at most.
+        `max_slice_nums` / `max_pixels`: this request's image budget (image_budget.py)."""
         prompt, bitmaps, opts, in_think, tail = self._prepare(messages, _arguments(locals()))
         gen = generate(self, prompt, bitmaps, opts, in_think=in_think, tail=tail)
         if stream:
@@ -297,6 +345,50 @@ class MiniCPMV:
     def tool_plan(self, tools, tool_choice=None, parallel_tool_calls: bool = True, constrained: bool = False):
         """What tools / tool_choice / parallel_tool_calls mean for this model (tools.plan); the grammar is compiled."""
         return chat_args.tool_plan(self, tools, tool_choice, parallel_tool_calls, constrained)
+
+    def _turns(self, messages) -> list[Turn]:
+        # a list of Turns was normalized already (the server decodes images before queueing)
+        if messages and all(isinstance(m, Turn) for m in messages):
+            return list(messages)
+        return normalize(messages, self.limits)
+
+    # --- ahead of the question ------------------------------------------------
+    def prefill(self, messages, *, enable_thinking: bool = False, max_slice_nums: int | None = None,
+                max_pixels: int | None = None) -> PrefillResult:
+        """Evaluate `messages` into the KV cache now, before the question exists (prefill_ahead.py): the
+        images are encoded and placed, so a later `chat(messages + question)` with the same budget
+        evaluates only the question's tokens. `messages` may end with a user message holding just the
+        image(s), or with any other message (a system prompt, the last answer)."""
+        t0 = time.perf_counter()
+        budget = self._budget(max_slice_nums, max_pixels)
+        turns = self.expand_videos(self._turns(with_cut(messages)), enable_thinking)
+        prompt, bitmaps = self.build_prompt(turns, enable_thinking, budget=budget)
+        text = prefix_before_cut(prompt)
+        bitmaps = bitmaps[:text.count(self.vision.marker)] if self.vision is not None else []
+        with self._lock:
+            before = self.session.counters.images_encoded
+            pre = self.session.prefill(text, bitmaps, ahead=True)
+            encoded = self.session.counters.images_encoded - before
+        return PrefillResult(pre.n_prompt, pre.n_evaluated, encoded, (time.perf_counter() - t0) * 1e3,
+                             pre.image_encode_ms)
+
+    def image_cost(self, image, *, max_slice_nums: int | None = None, max_pixels: int | None = None) -> ImageCost:
+        """What `image` (a path, bytes, PIL image, HxWx3 array, or just its (width, height)) costs under
+        a budget: the size the slicer gets, encoder runs, slice grid, context tokens. Nothing is encoded."""
+        if self.vision is None:
+            raise InputError("this model was loaded without an mmproj; images need one")
+        budget = self._budget(max_slice_nums, max_pixels)
+        if isinstance(image, tuple) and len(image) == 2 and all(isinstance(x, int) and x > 0 for x in image):
+            width, height = image
+        else:
+            width, height = load_image(image, self.limits).size
+        w, h = downscaled_size(width, height, budget.max_pixels)
+        if self.exact_images:
+            return self.session.planner.cost(w, h, budget.max_slice_nums)
+        w, h = mtmd_fit_size(w, h, budget.max_slice_nums or self._max_slices())
+        n_chunks, n_tokens, rows = self.vision.count_image(w, h)
+        grid = slice_plan(w, h, *self._slice_geometry).grid
+        return ImageCost(w, h, n_chunks, grid, n_tokens, rows)
 
     def token_biases(self, bias) -> tuple[tuple[int, float], ...]:
         """{token id | text: bias} or [[token id | text, bias], ...] -> (token id, bias) pairs (chat_args.py)."""

@@ -14,7 +14,6 @@ from minicpmv_edge.gguf_info import read_info
 
 from .generate import GenerateOptions
 from .grammar import resolve as resolve_grammar
-from .messages import Turn, normalize
 from .tools import OPEN, plan
 
 
@@ -39,13 +38,12 @@ def prepare(m, messages, a: dict):
                            tool_format=tp.fmt).validated()
     if user_grammar is not None:
         user_grammar.check(m.model)
-    # a list of Turns was normalized already (the server decodes images before queueing)
-    turns = list(messages) if messages and all(isinstance(t, Turn) for t in messages) \
-        else normalize(messages, m.limits)
+    budget = m._budget(a["max_slice_nums"], a["max_pixels"])  # this request's images (image_budget.py)
+    turns = m._turns(messages)
     kwargs = template_kwargs(m, a["chat_template_kwargs"])
     thinking = kwargs.pop("enable_thinking", a["enable_thinking"])
     turns = m.expand_videos(turns, thinking, reserve=sampling.max_tokens)
-    rendered, bitmaps = m.render(turns, thinking, tp.tools or None, **kwargs)
+    rendered, bitmaps = m.render(turns, thinking, tp.tools or None, budget=budget, **kwargs)
     # the rendered prompt says whether the model starts inside <think> and which end of it the
     # next turn's history drops (session.py snapshots recurrent state before that tail)
     return rendered.text, bitmaps, opts, rendered.in_think, rendered.tail

@@ -28,18 +28,28 @@ _ROPE_MROPE, _ROPE_IMROPE = 8, 40  # GGML_ROPE_TYPE_MROPE / _IMROPE (ggml.h)
 # llama.cpp warnings that are the expected consequence of what we ask for: canvas M-RoPE (4.7) gives
 # a frame's rows one t, so every row after the first is "non-consecutive" (llama-kv-cache.cpp find_slot)
 _EXPECTED_WARNINGS = (b"find_slot: non-consecutive token position",)
+_ATTR_CONTROL, _ATTR_USER_DEFINED = 1 << 3, 1 << 4  # llama_token_attr (llama.h)
+
+
+_MODULES: dict = {}  # imported once: these run per token (piece, is_eog), an import lookup each time costs
 
 
 def _llama():
-    from minicpmv_edge.extras import need
+    mod = _MODULES.get("llama_cpp")
+    if mod is None:
+        from minicpmv_edge.extras import need
 
-    return need("llama_cpp", "runtime", "running a model")
+        mod = _MODULES["llama_cpp"] = need("llama_cpp", "runtime", "running a model")
+    return mod
 
 
 def _mtmd():
-    from minicpmv_edge.extras import need
+    mod = _MODULES.get("mtmd")
+    if mod is None:
+        from minicpmv_edge.extras import need
 
-    return need("llama_cpp.mtmd_cpp", "runtime", "running a model")
+        mod = _MODULES["mtmd"] = need("llama_cpp.mtmd_cpp", "runtime", "running a model")
+    return mod
 
 
 def init_backend() -> None:
@@ -113,13 +123,20 @@ def cpu_has_amx() -> bool:
         return False
 
 
+def repacking_ok(model_path) -> bool:
+    """Whether llama.cpp's weight repacking (incl. its AMX path) may be on for this model here:
+    everywhere except a CPU whose AMX path was seen to crash (cpu_features.py probes it once)."""
+    from .cpu_features import repacking_safe
+
+    return repacking_safe(model_path)
+
+
 class Model:
     """A loaded text GGUF (llama_model*).
 
-    `extra_buffers=None` turns llama.cpp's weight-repacking buffer types off on
-    CPUs with AMX: in llama.cpp 0c1e570 the AMX path segfaults in llama_decode on
-    Q8_0 weights (seen here on a Sapphire Rapids VM, with llama.cpp's own
-    quantizer's output too); elsewhere they stay on.
+    `extra_buffers=None` keeps llama.cpp's weight-repacking buffer types on, except on a CPU whose AMX
+    path crashes llama_decode (the Sapphire Rapids VM of our CI; cpu_features.py probes it once per
+    machine): there they are off.
     """
 
     def __init__(self, path: str, n_gpu_layers: int = 0, use_mmap: bool = True, vocab_only: bool = False,
@@ -131,7 +148,7 @@ class Model:
         # AUTO mmaps where the device allows it, NONE reads them into memory
         set_fields(params, n_gpu_layers=int(n_gpu_layers), vocab_only=bool(vocab_only),
                    load_mode=L.LLAMA_LOAD_MODE_AUTO if use_mmap else L.LLAMA_LOAD_MODE_NONE,
-                   use_extra_bufts=(not cpu_has_amx()) if extra_buffers is None else bool(extra_buffers))
+                   use_extra_bufts=repacking_ok(path) if extra_buffers is None else bool(extra_buffers))
         self.params = params  # what llama.cpp was given (tests and --verbose read it)
         self._L = L
         self.path = str(path)
@@ -180,6 +197,10 @@ class Model:
 
     def is_eog(self, token: int) -> bool:
         return bool(_llama().llama_vocab_is_eog(self.vocab, token))
+
+    def is_special(self, token: int) -> bool:
+        """A control or user-defined (added) token: the tokenizer never merges text across one."""
+        return bool(_llama().llama_vocab_get_attr(self.vocab, token) & (_ATTR_CONTROL | _ATTR_USER_DEFINED))
 
     def meta(self, key: str) -> str | None:
         L = _llama()
@@ -436,19 +457,21 @@ class Bitmap:
     # embeddings made elsewhere (4.5's packed video groups, video_packed.py): mtmd only lays out the
     # chunk of an unsliced image for this bitmap, and the session feeds these instead of encoding it
     embed: "Callable[[], np.ndarray] | None" = None
+    max_slices: int | None = None  # this image's slice cap (processor-exact families); None: the model's
 
 
 class Vision:
     """An mtmd context: the vision projector bound to a text model."""
 
     def __init__(self, mmproj_path: str, model: Model, n_threads: int | None = None, use_gpu: bool = False,
-                 image_max_tokens: int = -1, warmup: bool = False):
+                 image_max_tokens: int = -1, warmup: bool = False, flash_attn: int = -1):
+        """`flash_attn`: llama_flash_attn_type for the vision graph (-1 auto, 0 off, 1 on)."""
         init_backend()
         M = _mtmd()
         self._M = M
         params = M.mtmd_context_params_default()
         set_fields(params, use_gpu=bool(use_gpu), n_threads=int(n_threads or physical_cores()), print_timings=False,
-                   warmup=bool(warmup))
+                   warmup=bool(warmup), flash_attn_type=int(flash_attn))
         if image_max_tokens > 0:
             set_fields(params, image_max_tokens=int(image_max_tokens))
         self.params = params
@@ -459,8 +482,12 @@ class Vision:
             raise GGUFError("mtmd could not load this projector (see log with -v)", mmproj_path)
         self.use_mrope = bool(M.mtmd_decode_use_mrope(self.ptr))
 
-    def tokenize(self, text: str, bitmaps: list[Bitmap], add_special: bool = False):
-        """Split prompt text + images into chunks; returns an owning Chunks object."""
+    def tokenize(self, text: str, bitmaps: list[Bitmap], add_special: bool = False, placeholders: bool = False):
+        """Split prompt text + images into chunks; returns an owning Chunks object.
+
+        `placeholders`: pass each image's size only (mtmd.h: a bitmap without data counts tokens):
+        the same chunks, ids and positions without mtmd's resizing and normalising (~0.1-0.2 s for a
+        1344x1344 photo on 2 cores); such chunks can be decoded from embeddings but not encoded."""
         n_markers = text.count(self.marker)
         if n_markers != len(bitmaps):  # mtmd would throw and report "could not preprocess" (code 2)
             raise InputError(f"the text contains the media marker {self.marker} ({n_markers} markers for "
@@ -472,8 +499,10 @@ class Vision:
             for bm in bitmaps:
                 rgb = np.ascontiguousarray(bm.rgb, dtype=np.uint8)
                 h, w = rgb.shape[:2]
-                buf = (ctypes.c_ubyte * rgb.nbytes).from_buffer_copy(rgb.tobytes())
-                keep.append(buf)
+                buf = None
+                if not placeholders:
+                    buf = (ctypes.c_ubyte * rgb.nbytes).from_buffer_copy(rgb.tobytes())
+                    keep.append(buf)
                 handle = M.mtmd_bitmap_init(w, h, buf)
                 if not handle:
                     raise MediaError(f"mtmd could not take a {w}x{h} bitmap")
@@ -492,6 +521,34 @@ class Vision:
         finally:
             for h in handles:
                 M.mtmd_bitmap_free(h)
+
+    def count_image(self, width: int, height: int) -> tuple[int, int, int]:
+        """(image chunks, context tokens with the <image>/<slice> markers, embedding rows) that mtmd makes
+        of a width x height image; tokenized on a placeholder bitmap (mtmd.h: data == NULL), nothing is
+        decoded or encoded."""
+        M = _mtmd()
+        handle = M.mtmd_bitmap_init(int(width), int(height), None)
+        if not handle:
+            raise MediaError(f"mtmd could not take a {width}x{height} placeholder bitmap")
+        chunks = Chunks(M.mtmd_input_chunks_init())
+        try:
+            data = self.marker.encode()
+            inp = M.mtmd_input_text(data, len(data), False, True)
+            arr = (M.mtmd_bitmap_p_ctypes * 1)(handle)
+            rc = M.mtmd_tokenize(self.ptr, chunks.ptr, ctypes.byref(inp), arr, 1)
+            if rc != 0:
+                raise MediaError(f"mtmd could not plan a {width}x{height} image (code {rc})")
+            n_img = tokens = rows = 0
+            for i in range(len(chunks)):
+                n = chunks.n_tokens(i)
+                tokens += n
+                if chunks.kind(i) == CHUNK_IMAGE:
+                    n_img += 1
+                    rows += n
+            return n_img, tokens, rows
+        finally:
+            chunks.close()
+            M.mtmd_bitmap_free(handle)
 
     def encode_chunk(self, chunk) -> np.ndarray:
         """Run the vision encoder on one image chunk; returns [n_tokens, n_embd] float32."""

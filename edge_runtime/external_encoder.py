@@ -208,9 +208,15 @@ class OnnxVisionEncoder:
         if meta.get("format") != "onnx":
             raise UnsupportedModelError(f"this is a {meta.get('format')} export; OnnxVisionEncoder needs onnx",
                                         self.dir / METADATA)
-        files = meta.get("files", {})
+        files = dict(meta.get("files", {}))
+        if precision == "int8" and "int8" not in files and "fp32" in files:
+            from .onnx_int8 import ensure_int8  # made once from the fp32 graph
+
+            files["int8"] = ensure_int8(self.dir).name
         if precision not in files:
             raise InputError(f"no {precision} model in this export (has {sorted(files)})", self.dir / METADATA)
+        self.precision = precision
+        self.files = files
         try:
             import onnxruntime as ort
         except ImportError:
@@ -229,6 +235,14 @@ class OnnxVisionEncoder:
         names = [i.name for i in self.session.get_inputs()]
         if names != [i["name"] for i in meta["inputs"]]:
             raise MismatchError(f"graph inputs {names} differ from metadata.json", self.dir / files[precision])
+
+    @property
+    def identity(self) -> str:
+        """What its embeddings depend on besides the projector: the graph file (persistent cache namespace)."""
+        from .embedding_store import file_fingerprint
+        from .encoder_choice import cache_root
+
+        return f"onnx:{self.precision}:{file_fingerprint(self.dir / self.files[self.precision], cache_root())}"
 
     def check(self, mmproj: str | Path | None = None, text_n_embd: int | None = None,
               family: str | None = None) -> None:

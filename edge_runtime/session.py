@@ -45,20 +45,35 @@ class Counters:
 
 
 class EmbeddingCache:
-    """LRU of image-chunk embeddings, shared by all sessions of one loaded model."""
+    """LRU of image-chunk embeddings, shared by all sessions of one loaded model; with a `store`
+    (embedding_store.DiskEmbeddingStore) also on disk, across restarts."""
 
-    def __init__(self, max_bytes: int = 256 << 20):
+    def __init__(self, max_bytes: int = 256 << 20, store=None):
         self.max_bytes = max_bytes
+        self.store = store
         self._d: OrderedDict[str, np.ndarray] = OrderedDict()
         self._bytes = 0
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._d or (self.store is not None and self.get(key) is not None)
 
     def get(self, key: str) -> np.ndarray | None:
         v = self._d.get(key)
         if v is not None:
             self._d.move_to_end(key)
+            return v
+        if self.store is not None:
+            v = self.store.get(key)
+            if v is not None:
+                self._remember(key, v)
         return v
 
     def put(self, key: str, value: np.ndarray) -> None:
+        self._remember(key, value)
+        if self.store is not None:
+            self.store.put(key, value)
+
+    def _remember(self, key: str, value: np.ndarray) -> None:
         if key in self._d or value.nbytes > self.max_bytes:
             return
         self._d[key] = value
@@ -154,12 +169,14 @@ class Session:
             return f"the cache ends at position {top} but the session recorded {self._committed}"
         return None
 
-    def prefill(self, text: str, bitmaps: list[Bitmap], tail: str = "") -> PrefillStats:
+    def prefill(self, text: str, bitmaps: list[Bitmap], tail: str = "", ahead: bool = False) -> PrefillStats:
         """Make the KV cache hold exactly `text` (with images at the markers); logits ready.
 
         `tail`: the generation-only end of `text` (e.g. a thinking prefix) that the next
         turn's history will not repeat; recurrent models snapshot their state before it
-        (at the end of the prompt when the tail is empty)."""
+        (at the end of the prompt when the tail is empty).
+        `ahead`: `text` is the start of a prompt whose rest is not known yet (prefill_ahead.py):
+        evaluate it only up to its last image or special token, no logits needed."""
         t0 = time.perf_counter()
         problem = self.consistency_problem()
         if problem:  # never expected; a clean cache beats answering from a corrupt one
@@ -167,13 +184,22 @@ class Session:
             self.reset()
         plan, chunks = self._plan(text, bitmaps)
         try:
+            if ahead:
+                plan = plan[:self._stable_len(plan)]
             keep = 0
             while keep < len(plan) and keep < len(self.units) and plan[keep][0] == self.units[keep]:
                 keep += 1
+            if keep == len(plan) and ahead:  # all of it is in the cache already
+                self.counters.prompt_tokens_reused += sum(_n_tok(u) for u, _ in plan)
+                return PrefillStats(sum(_n_tok(u) for u, _ in plan), 0, (time.perf_counter() - t0) * 1e3, [])
             if keep == len(plan):  # identical prompt: re-evaluate the last unit for fresh logits
                 keep -= 1
             keep = self._rewind(plan, keep)
             self.counters.prompt_tokens_reused += sum(_n_tok(u) for u, _ in plan[:keep])
+            if self._needs_pixels(plan[keep:], chunks):  # an image chunk mtmd must encode: real pixels
+                real = self.vision.tokenize(text, bitmaps)
+                chunks.close()
+                chunks = real
             cut = len(plan) - self._tail_units(plan, tail)
             if not self.ctx.model.can_truncate and keep <= cut:  # (at the end when the tail is empty)
                 evaluated, encode_ms = self._evaluate(plan[keep:cut], chunks)
@@ -215,6 +241,16 @@ class Session:
         self.reset()
         return 0
 
+    def _stable_len(self, plan: list[tuple]) -> int:
+        """Units up to the last image or special token: text after it may tokenize differently once
+        the rest of the prompt follows (BPE merges across the join), an image or a special token not."""
+        model = self.ctx.model
+        for i in range(len(plan) - 1, -1, -1):
+            unit = plan[i][0]
+            if unit[0] != "tok" or model.is_special(unit[1]):
+                return i + 1
+        return 0
+
     def _tail_units(self, plan: list[tuple], tail: str) -> int:
         if not tail:
             return 0
@@ -233,7 +269,8 @@ class Session:
             return self.planner.plan(text, bitmaps, self.ctx.n_ctx), None
         if self.vision is None:
             return [(("tok", t), None) for t in self.ctx.model.tokenize(text)], None
-        chunks = self.vision.tokenize(text, bitmaps)
+        # sizes only: units already in the KV cache or the embedding cache need no pixels (_needs_pixels)
+        chunks = self.vision.tokenize(text, bitmaps, placeholders=True)
         self._made = {bm.id: bm.embed for bm in bitmaps if bm.embed is not None and bm.id}
         plan: list[tuple] = []
         ordinal: dict[str, int] = {}
@@ -250,6 +287,14 @@ class Session:
         if self.encoder is not None:
             self._map_sources(chunks, bitmaps)
         return plan, chunks
+
+    def _needs_pixels(self, todo: list[tuple], chunks) -> bool:
+        """True when mtmd must encode one of `todo`'s image chunks (not in the embedding cache)."""
+        if chunks is None or self.encoder is not None:  # the external encoder slices the bitmaps itself
+            return False
+        # (embeddings made elsewhere, engine.Bitmap.embed, need none either)
+        return any(u[0] == "img" and (u[1].startswith("anon-") or u[1] not in self.cache)
+                   and u[1].rsplit("/", 2)[0] not in self._made for u, _ in todo)
 
     def _map_sources(self, chunks, bitmaps: list[Bitmap]) -> None:
         """Each bitmap becomes n_chunks(rgb) consecutive image chunks (overview, then slices)."""
@@ -345,9 +390,13 @@ class Session:
         meets them finds them there (chunk keys as in _plan); returns ms per chunk encoded."""
         if self.planner is not None:
             return self.planner.encode_ahead(bitmaps)
-        plan, chunks = self._plan(self.vision.marker * len(bitmaps), bitmaps)
+        text = self.vision.marker * len(bitmaps)
+        plan, chunks = self._plan(text, bitmaps)
         out: list[float] = []
         try:
+            if self._needs_pixels(plan, chunks):  # _plan lays out sizes only; encoding needs the pixels
+                chunks.close()
+                chunks = self.vision.tokenize(text, bitmaps)
             for unit, idx in plan:
                 if unit[0] != "img" or unit[1].startswith("anon-") or self.cache.get(unit[1]) is not None:
                     continue

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -116,6 +116,8 @@ class VisualPlanner:
             bm = bitmaps[k]
             video = bool(bm.id and bm.id.endswith("/v"))
             spec = self.video_spec if video else self.image_spec
+            if bm.max_slices and not video:  # a per-request budget (image_budget.py)
+                spec = replace(spec, max_slice_nums=int(bm.max_slices))
             # video frames follow the video processor (video_frames.py: torch's uint8 resize)
             lay = (video_layout if video else layout)(bm.rgb, spec)
             kind = VIDEO if video else IMAGE
@@ -144,6 +146,19 @@ class VisualPlanner:
                     crop(lay.crops[1 + r * cols + c])
                     mark(v.slice_end)
         return ids, mm, slots, grids
+
+    def cost(self, width: int, height: int, max_slices: int | None = None):
+        """What a width x height image costs (image_budget.ImageCost), from the processor's geometry."""
+        from .image_budget import ImageCost
+        from .processor_images import plan_sizes
+
+        spec = replace(self.image_spec, max_slice_nums=int(max_slices)) if max_slices else self.image_spec
+        sizes, (rows, cols) = plan_sizes(width, height, spec)
+        rows_embd = sum((h // spec.patch_size) * (w // spec.patch_size) // spec.merge ** 2 for w, h in sizes)
+        n_slices = len(sizes) - 1
+        # <image> </image>, <slice> </slice> per slice, "\n" between rows of slices
+        markers = 2 + 2 * n_slices + max(0, rows - 1)
+        return ImageCost(width, height, len(sizes), (cols, rows), rows_embd + markers, rows_embd)
 
     def plan(self, text: str, bitmaps, n_ctx: int) -> list[tuple]:
         ids, mm, slots, grids = self.expand(text, bitmaps)
@@ -266,7 +281,8 @@ def specs_from_gguf(kv: dict, mm_kv: dict, max_slices: int | None) -> tuple[Imag
                 small_image_upsize=upsize)
     # the image processor class each family's checkpoint ships: OCR 1.0 only a torchvision one
     resample = TORCH_RESAMPLE_FAMILIES.get(str(kv.get(schema.EDGE_FAMILY, "")), "pil")
-    image = ImageSpec(max_slice_nums=min(max_slices or cap, cap), resample=resample, **base)
+    # a budget asked for may exceed the GGUF's default (the processors take any; the cards suggest 36 for documents)
+    image = ImageSpec(max_slice_nums=max_slices or cap, resample=resample, **base)
     video = ImageSpec(max_slice_nums=int(kv.get(schema.EDGE_VIDEO_MAX_SLICE, 1)), resample="torch", **base)
     return image, video
 

@@ -7,3 +7,9 @@ time, so `convert` and `edge_runtime` never import each other.
 """
 
 __version__ = "0.1.0"
+
+# before anything can load llama.cpp's libraries: a CUDA build of them crashes at model load when
+# numpy was imported first (native_libs.py)
+from .native_libs import share_cxx_runtime as _share_cxx_runtime  # noqa: E402
+
+_share_cxx_runtime()

@@ -52,6 +52,10 @@ def require(extra: str, what: str) -> None:
 
 def need(module: str, extra: str, what: str):
     """Import `module`, or raise MissingExtraError naming the extra that installs it."""
+    if module.startswith("llama_cpp"):
+        from .native_libs import share_cxx_runtime
+
+        share_cxx_runtime()  # before llama.cpp's libraries load (native_libs.py)
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:

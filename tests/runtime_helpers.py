@@ -36,11 +36,11 @@ def greedy_by_hand(text_path: str, mmproj_path: str, prompt: str, rgbs: list[np.
     import llama_cpp as L
     import llama_cpp.mtmd_cpp as M
 
-    from minicpmv_edge.edge_runtime.engine import cpu_has_amx, init_backend
+    from minicpmv_edge.edge_runtime.engine import init_backend, repacking_ok
 
     init_backend()
     mp = L.llama_model_default_params()
-    mp.use_extra_bufts = not cpu_has_amx()
+    mp.use_extra_bufts = repacking_ok(text_path)
     model = L.llama_model_load_from_file(text_path.encode(), mp)
     cp = L.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_threads, cp.n_threads_batch = n_ctx, 512, 512, 2, 2

@@ -13,12 +13,12 @@ class ByHand:
     def __init__(self, text_path: str, prompt: str, n_ctx: int = 1024):
         import llama_cpp as L
 
-        from minicpmv_edge.edge_runtime.engine import cpu_has_amx, init_backend
+        from minicpmv_edge.edge_runtime.engine import init_backend, repacking_ok
 
         init_backend()
         self.L = L
         mp = L.llama_model_default_params()
-        mp.use_extra_bufts = not cpu_has_amx()
+        mp.use_extra_bufts = repacking_ok(text_path)
         self.model = L.llama_model_load_from_file(text_path.encode(), mp)
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_threads, cp.n_threads_batch = n_ctx, 512, 512, 2, 2

@@ -88,7 +88,7 @@ def test_quantize_takes_llama_quantize_positional_form():
     (["chat", "-m", "x.gguf", "--temp", "-1"], "--temp"),
     (["chat", "-m", "x.gguf", "--top-p", "inf"], "--top-p"),
     (["run", "out", "-c", "-5"], "-c/--ctx-size"),
-    (["run", "out", "--max-slices", "10"], "--max-slices"),
+    (["run", "out", "--max-slices", "65"], "--max-slices"),
     (["run", "out", "--fps", "nan"], "--fps"),
     (["serve", "out", "--port", "99999"], "--port"),
     (["serve", "out", "--max-body-mb", "nan"], "--max-body-mb"),

@@ -105,6 +105,14 @@ def plan(body, model, config) -> Plan:
                             constrained=any(f in kw for f in ("grammar", "json_schema", "response_format")))
         except InputError as exc:
             raise FieldError("tool_choice" if "tool_choice" in str(exc) else "tools", str(exc)) from None
+    for field in ("max_slice_nums", "max_pixels"):  # the image budget (image_budget.py), checked per model
+        value = getattr(body, field)
+        if value is not None:
+            try:
+                model._budget(**{"max_slice_nums": None, "max_pixels": None, field: value})
+            except InputError as exc:
+                raise FieldError(field, str(exc)) from None
+            kw[field] = value
     return Plan(kw, body.n, thinking, bool(body.logprobs))
 
 

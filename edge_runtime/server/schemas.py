@@ -197,6 +197,11 @@ class ChatCompletionRequest(_Req):
     chat_template_kwargs: Optional[dict[str, Any]] = Field(
         None, description='extension (vLLM, llama-server): {"enable_thinking": true} turns thinking on')
     user: Optional[str] = Field(None, description="an end-user id for your records; no effect on the answer")
+    max_slice_nums: Optional[int] = Field(None, ge=1, le=64, description="extension (MiniCPM-V processors): this "
+                                          "request's slice budget per image (cards: 36 for documents, 1 for video); "
+                                          "2.6/4.0/4.5 at most 9")
+    max_pixels: Optional[int] = Field(None, ge=784, description="extension: downscale each image to at most this many "
+                                      "pixels before slicing")
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

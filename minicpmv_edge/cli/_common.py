@@ -113,16 +113,44 @@ def add_load_flags(p) -> None:
                    help="layers to offload to the GPU, -1 = all (needs a Metal/CUDA/Vulkan build of llama.cpp)")
     p.add_argument("--mmproj-gpu", "--mmproj-offload", action="store_true",
                    help="run the vision encoder on the GPU backend (needs a GPU build of llama.cpp)")
-    p.add_argument("--max-slices", type=int_range(1, 9, "a slice count"), default=None, metavar="N",
-                   help="cap on LLaVA-UHD slices per image, 1-9 (default: the model's)")
+    p.add_argument("--max-slices", "--max-slice-nums", type=int_range(1, 64, "a slice count"), default=None,
+                   metavar="N", help="slice budget per image (LLaVA-UHD max_slice_nums; the model cards suggest 36 "
+                   "for documents, 1 for video); 2.6/4.0/4.5 (sliced by mtmd) at most 9 (default: the model's)")
+    p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                   help="downscale each image to at most N pixels before slicing (a budget, unlike "
+                   "--image-max-pixels, which refuses larger images)")
     p.add_argument("--image-max-pixels", type=positive_int, default=None, metavar="N",
                    help="refuse larger images (default: 16777216, 4096x4096)")
+    from minicpmv_edge.encoder_options import MMPROJ_TYPES, ONNX_PRECISIONS, VISION_ENCODERS
+
+    p.add_argument("--vision-encoder", choices=VISION_ENCODERS, default="auto",
+                   help="image encoder: llama.cpp's (mtmd), an export-vision ONNX folder run by ONNX Runtime, or "
+                   "auto: this platform's measured default (README: what makes an image fast)")
+    p.add_argument("--mmproj-type", choices=MMPROJ_TYPES, default=None, type=str.lower,
+                   help="store the projector as this type for llama.cpp's encoder (a copy is made once into "
+                   "the cache folder); default: the platform's measured choice (auto) or the file as given (mtmd)")
+    p.add_argument("--vision-onnx", metavar="DIR", help="the export-vision folder for --vision-encoder onnx "
+                   "(default for a converted folder: OUT_DIR/vision-onnx)")
+    p.add_argument("--onnx-precision", choices=ONNX_PRECISIONS, default="fp32",
+                   help="ONNX graph: fp32, fp16, or int8 (made once from fp32 by dynamic quantization)")
+    p.add_argument("--image-cache", metavar="DIR", help="keep image embeddings in DIR across runs, so an image "
+                   "seen before is not encoded again (checked, bounded by --image-cache-mb)")
+    p.add_argument("--image-cache-mb", type=positive_int, default=1024, metavar="MB",
+                   help="size cap of --image-cache")
 
 
 def load_options(args):
     """LoadOptions from the flags of `add_load_flags` (validated again by the runtime)."""
+    from pathlib import Path
+
     from minicpmv_edge.edge_runtime import LoadOptions
 
     extra = {"image_max_pixels": args.image_max_pixels} if args.image_max_pixels else {}
+    onnx = args.vision_onnx
+    if args.vision_encoder == "onnx" and onnx is None and getattr(args, "folder", None):
+        onnx = str(Path(args.folder) / "vision-onnx")  # the folder beside a converted model
     return LoadOptions(n_ctx=args.ctx_size, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                       mmproj_gpu=args.mmproj_gpu, max_slices=args.max_slices, **extra)
+                       mmproj_gpu=args.mmproj_gpu, max_slices=args.max_slices, max_pixels=args.max_pixels,
+                       vision_encoder=args.vision_encoder, mmproj_type=args.mmproj_type, vision_onnx=onnx,
+                       onnx_precision=args.onnx_precision, image_cache_dir=args.image_cache,
+                       image_cache_mb=args.image_cache_mb, **extra)

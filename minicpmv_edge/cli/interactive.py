@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 HELP = """commands:
@@ -84,7 +83,7 @@ def run(model, messages: list, args, answer, user_content) -> int:
     pending_images: list = []
     pending_video = args.video
     for path in args.image:
-        if not _attach(model, path, pending_images):
+        if not _attach(model, path, pending_images, messages):
             return 2
     rl = _setup_readline()
     print("interactive chat: type a message, /help for commands", file=sys.stderr)
@@ -111,7 +110,7 @@ def run(model, messages: list, args, answer, user_content) -> int:
                 print("(conversation cleared)", file=sys.stderr)
                 continue
             if cmd == "/image":
-                _attach(model, rest.strip(), pending_images)
+                _attach(model, rest.strip(), pending_images, messages)
                 continue
             if cmd == "/video":
                 pending_video = _check_video(rest.strip()) or pending_video
@@ -144,8 +143,10 @@ def run(model, messages: list, args, answer, user_content) -> int:
                 pass
 
 
-def _attach(model, path: str, pending: list) -> bool:
-    """Check and encode an image now; on a problem print it and keep the conversation."""
+def _attach(model, path: str, pending: list, messages: list) -> bool:
+    """Check an image, say what it costs, and prefill it now (MiniCPMV.prefill: encoded and placed in
+    the KV cache with the conversation so far), so the question that follows costs only its own
+    tokens; on a problem print it and keep the conversation."""
     from minicpmv_edge.edge_runtime.media import load_image
     from minicpmv_edge.errors import EdgeError
 
@@ -154,15 +155,17 @@ def _attach(model, path: str, pending: list) -> bool:
         return False
     try:
         image = load_image(path, model.limits)
-        t0 = time.perf_counter()
-        ms = model.encode_images([image])
+        c = model.image_cost(image.rgb)
+        grid = f", {c.grid[0]}x{c.grid[1]} slices" if c.n_chunks > 1 else ""
+        print(f"(image {Path(path).name}: {c.width}x{c.height}, {c.n_chunks} encoder run(s){grid}, {c.n_tokens} "
+              "tokens; encoding...)", file=sys.stderr, flush=True)
+        pre = model.prefill(list(messages) + [{"role": "user", "content": pending + [image]}])
     except EdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return False
     pending.append(image)
-    w, h = image.size
-    print(f"(image {Path(path).name}: {w}x{h}, {len(ms)} chunks encoded in {(time.perf_counter() - t0) * 1e3:.0f} ms;"
-          " it goes with your next message)", file=sys.stderr)
+    print(f"(encoded {pre.images_encoded} chunk(s) and prefilled {pre.n_evaluated} token(s) in {pre.ms:.0f} ms; "
+          "it goes with your next message)", file=sys.stderr)
     return True
 
 

@@ -1,0 +1,110 @@
+"""May llama.cpp's weight repacking stay on? (the AMX workaround, narrowed to where it was seen to crash)
+
+On CPUs that advertise AMX, llama.cpp puts quantized weights into an AMX buffer (ggml-cpu/amx). On
+the 2-core Sapphire Rapids VM of our CI that path dies in the first llama_decode: SIGILL at
+`tilezero %tmm4` in ggml's AMX kernel (gdb), llama-mtmd-cli SIGSEGVs, although /proc/cpuinfo lists
+amx_tile, the kernel grants the tile permission and a hand-written LDTILECFG/TILEZERO sequence runs
+(also across a sleep). On the lent 16-core GPU host (same CPU family) the same llama.cpp runs the
+AMX path correctly. Nothing the kernel reports tells the two apart, so we run llama.cpp itself:
+a child process loads the model with repacking on and decodes a few tokens. Its verdict is kept
+per machine (CPU, kernel, llama.cpp version) and weight type in the cache folder; CPUs without AMX
+never probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_CHILD = r"""
+import sys
+from minicpmv_edge.edge_runtime.engine import Context, Model
+m = Model(sys.argv[1], extra_buffers=True)
+c = Context(m, n_ctx=64, n_batch=64, n_threads=2)
+c.decode([t % m.n_vocab for t in range(1, 9)])
+c.logits()
+"""
+_verdicts: dict[str, bool] = {}
+
+
+def cpu_advertises_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_tile" in f.read()
+    except OSError:
+        return False
+
+
+def _machine_key() -> str:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        cpu = "|".join(next((ln for ln in lines if ln.startswith(k)), "") for k in ("model name", "microcode", "flags"))
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        llama = version("llama-cpp-python")
+    except Exception:  # noqa: BLE001
+        llama = "?"
+    return hashlib.sha256(f"{cpu}|{platform.release()}|{llama}".encode()).hexdigest()[:24]
+
+
+def _weights_kind(model_path) -> str:
+    try:
+        from minicpmv_edge.gguf_info import read_info
+
+        return str(read_info(model_path, tensors=False).kv.get("general.file_type", "?"))
+    except Exception:  # noqa: BLE001 - the loader reports a bad file; here it only keys the verdict
+        return "?"
+
+
+def repacking_safe(model_path: str | os.PathLike, cache_dir: Path | None = None) -> bool:
+    """True unless this CPU advertises AMX and llama.cpp's AMX path crashed here (probed once per machine)."""
+    if not cpu_advertises_amx():
+        return True
+    key = _machine_key() + "/" + _weights_kind(model_path)  # AMX has one kernel family per weight type
+    if key in _verdicts:
+        return _verdicts[key]
+    from .encoder_choice import cache_root
+
+    memo = Path(cache_dir or cache_root()) / "repack-probe.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), bool):
+        _verdicts[key] = known[key]
+        return known[key]
+    try:
+        r = subprocess.run([sys.executable, "-c", _CHILD, str(model_path)], capture_output=True, timeout=600)
+        ok = r.returncode == 0
+        why = f"exit {r.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        ok, why = False, str(exc)
+    if not ok:
+        log.warning("llama.cpp's AMX weight repacking crashed on this CPU (%s): repacking stays off here", why)
+    _verdicts[key] = ok
+    known = known if isinstance(known, dict) else {}
+    known[key] = ok
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, memo)
+    except OSError:
+        pass
+    return ok
+
+
+__all__ = ["repacking_safe", "cpu_advertises_amx"]
