@@ -241,14 +241,15 @@ class MiniCPMV:
     def _bitmap(self, img: Image, budget: ImageBudget, frame: bool) -> Bitmap:
         """One image as the encoder will see it under `budget` (image_budget.py); video frames keep the
         model's video slicing (1: unsliced) and take only the pixel cap."""
-        size = downscaled_size(*img.size, budget.max_pixels)
+        h, w = img.rgb.shape[:2]  # (a packed video group has pixels but no size attribute)
+        size = downscaled_size(w, h, budget.max_pixels)
         max_slices = None
         if not self.exact_images:  # mtmd slices: shrink until its slice count fits the cap
             cap = self.format.video_max_slice_nums if frame else (budget.max_slice_nums or self._max_slices())
             size = mtmd_fit_size(*size, cap)
         elif not frame:
             max_slices = budget.max_slice_nums
-        return Bitmap(resized(img.rgb, size), bitmap_id(img.digest, img.size, size, "/v" if frame else ""), max_slices)
+        return Bitmap(resized(img.rgb, size), bitmap_id(img.digest, (w, h), size, "/v" if frame else ""), max_slices)
 
     def _budget(self, max_slice_nums, max_pixels) -> ImageBudget:
         """This request's image budget; what it leaves open comes from the load options."""

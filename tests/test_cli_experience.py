@@ -52,7 +52,8 @@ def test_interactive_commands_with_piped_stdout(folder, photo):
     err = r.stderr
     assert "/image PATH" in err and "/clear" in err and "Ctrl-C" in err  # /help
     assert "error: /no/such.png: image file does not exist" in err  # checked at once, the chat goes on
-    encoded = re.search(r"\(image photo\.png: 640x480, (\d+) chunks encoded", err)
+    assert re.search(r"\(image photo\.png: 640x480, \d+ encoder run\(s\)", err)  # its cost, before encoding
+    encoded = re.search(r"\(encoded (\d+) chunk\(s\) and prefilled", err)
     assert encoded and int(encoded.group(1)) >= 2  # encoded right away, before the question
     timings = re.findall(r"\[load .*?image encode ([\d+]+) ms", err)
     assert timings[0] == "0"  # the question found the image's embeddings in the cache
