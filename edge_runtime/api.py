@@ -249,7 +249,8 @@ class MiniCPMV:
             size = mtmd_fit_size(*size, cap)
         elif not frame:
             max_slices = budget.max_slice_nums
-        return Bitmap(resized(img.rgb, size), bitmap_id(img.digest, (w, h), size, "/v" if frame else ""), max_slices)
+        return Bitmap(resized(img.rgb, size), bitmap_id(img.digest, (w, h), size, "/v" if frame else ""),
+                      max_slices=max_slices)
 
     def _budget(self, max_slice_nums, max_pixels) -> ImageBudget:
         """This request's image budget; what it leaves open comes from the load options."""
