@@ -109,7 +109,7 @@ def anchor_frames(clip: Path, opts: dict, work: Path) -> list[Path]:
     from PIL import Image
 
     from minicpmv_edge import video_facts
-    from minicpmv_edge.edge_runtime.api import MiniCPMV
+    from minicpmv_edge.edge_runtime.image_budget import fitted_size, resized
     from minicpmv_edge.edge_runtime.video import VideoOptions, VideoRecipe
     from minicpmv_edge.edge_runtime.video_source import VideoSource
 
@@ -122,7 +122,7 @@ def anchor_frames(clip: Path, opts: dict, work: Path) -> list[Path]:
     for k, u in enumerate(units):
         p = d / f"{k:04d}.png"
         if not p.exists():
-            Image.fromarray(MiniCPMV._fit_slices(u.rgb, 1)).save(p)
+            Image.fromarray(resized(u.rgb, fitted_size(u.rgb.shape[1], u.rgb.shape[0], 1, None))).save(p)
         paths.append(p)
     return paths
 

@@ -33,8 +33,7 @@ from . import chat_args
 from .generate import generate
 from .prefill_ahead import PrefillResult, prefix_before_cut, with_cut
 from .encoder_choice import choose
-from .image_budget import (MTMD_MAX_SLICES, ImageBudget, ImageCost, bitmap_id, downscaled_size, mtmd_fit_size,
-                           resized)
+from .image_budget import MTMD_MAX_SLICES, ImageBudget, ImageCost, bitmap_id, fitted_size, resized
 from .results import ChatResult, Piece, Timings  # noqa: F401  (public names of this module)
 from .load_checks import resolve_n_ctx
 from .sampling import model_defaults
@@ -242,15 +241,18 @@ class MiniCPMV:
         """One image as the encoder will see it under `budget` (image_budget.py); video frames keep the
         model's video slicing (1: unsliced) and take only the pixel cap."""
         h, w = img.rgb.shape[:2]  # (a packed video group has pixels but no size attribute)
-        size = downscaled_size(w, h, budget.max_pixels)
-        max_slices = None
-        if not self.exact_images:  # mtmd slices: shrink until its slice count fits the cap
-            cap = self.format.video_max_slice_nums if frame else (budget.max_slice_nums or self._max_slices())
-            size = mtmd_fit_size(*size, cap)
-        elif not frame:
-            max_slices = budget.max_slice_nums
+        size = self._fitted(w, h, budget, frame)
+        max_slices = budget.max_slice_nums if self.exact_images and not frame else None
         return Bitmap(resized(img.rgb, size), bitmap_id(img.digest, (w, h), size, "/v" if frame else ""),
                       max_slices=max_slices)
+
+    def _fitted(self, w: int, h: int, budget: ImageBudget, frame: bool = False) -> tuple[int, int]:
+        """The size the slicer gets: the pixel cap, and for mtmd's families (no run-time slice setting)
+        the shrink that keeps its slice count within the cap; as the C bridge computes it."""
+        if self.exact_images:  # their processors slice with the cap themselves
+            return fitted_size(w, h, None, budget.max_pixels)
+        cap = self.format.video_max_slice_nums if frame else (budget.max_slice_nums or self._max_slices())
+        return fitted_size(w, h, cap, budget.max_pixels)
 
     def _budget(self, max_slice_nums, max_pixels) -> ImageBudget:
         """This request's image budget; what it leaves open comes from the load options."""
@@ -384,10 +386,9 @@ class MiniCPMV:
             width, height = image
         else:
             width, height = load_image(image, self.limits).size
-        w, h = downscaled_size(width, height, budget.max_pixels)
+        w, h = self._fitted(width, height, budget)
         if self.exact_images:
             return self.session.planner.cost(w, h, budget.max_slice_nums)
-        w, h = mtmd_fit_size(w, h, budget.max_slice_nums or self._max_slices())
         n_chunks, n_tokens, rows = self.vision.count_image(w, h)
         grid = slice_plan(w, h, *self._slice_geometry).grid
         return ImageCost(w, h, n_chunks, grid, n_tokens, rows)

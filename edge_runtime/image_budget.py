@@ -18,6 +18,7 @@ on a slow phone wants fewer slices than the model's default. A budget has two kn
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,22 +62,22 @@ class ImageCost:
                 "grid": list(self.grid), "n_tokens": self.n_tokens, "n_embd_rows": self.n_embd_rows}
 
 
-def downscaled_size(width: int, height: int, max_pixels: int | None) -> tuple[int, int]:
-    if not max_pixels or width * height <= max_pixels:
-        return width, height
-    s = (max_pixels / (width * height)) ** 0.5
-    return max(1, int(width * s)), max(1, int(height * s))  # floor: (w*s)(h*s) <= max_pixels
+def fitted_size(width: int, height: int, max_slices: int | None, max_pixels: int | None,
+                side: int = SLICE_SIDE) -> tuple[int, int]:
+    """The size an image is shrunk to under a budget, with the C bridge's arithmetic
+    (mobile_bridge/src/image.cpp target_size), so that Python and the C ABI encode the same size.
 
-
-def mtmd_fit_size(width: int, height: int, max_slices: int, side: int = SLICE_SIDE) -> tuple[int, int]:
-    """The size an image is shrunk to so that mtmd's LLaVA-UHD slicing stays within `max_slices`
-    (ceil(area / side^2) slices; 1 = no slicing: both sides <= side)."""
-    if max_slices >= MTMD_MAX_SLICES:
-        return width, height
-    if max_slices <= 1:
-        scale = min(1.0, side / max(width, height))
-    else:
-        scale = min(1.0, (max_slices * side * side / (width * height)) ** 0.5 * 0.999)
+    `max_slices` (mtmd families; None for the processor-exact ones, whose processors take the cap):
+    mtmd's LLaVA-UHD slicing makes ceil(area / side^2) slices, so below 9 the image shrinks until
+    that fits (1 = no slicing: the longest side fits one slice). `max_pixels`: the area cap on top.
+    One scale, the smaller of the two, is applied once (aspect kept)."""
+    area = width * height
+    scale = 1.0
+    if max_slices is not None and 1 <= max_slices < MTMD_MAX_SLICES:
+        scale = min(1.0, side / max(width, height)) if max_slices == 1 else \
+            min(1.0, math.sqrt(max_slices * side * side / area) * 0.999)
+    if max_pixels and area > max_pixels:
+        scale = min(scale, math.sqrt(max_pixels / area))
     if scale >= 1.0:
         return width, height
     return max(2, int(width * scale)), max(2, int(height * scale))
@@ -97,4 +98,4 @@ def bitmap_id(digest: str, original: tuple[int, int], size: tuple[int, int], suf
     return digest + ("" if tuple(size) == tuple(original) else f"@{size[0]}x{size[1]}") + suffix
 
 
-__all__ = ["ImageBudget", "ImageCost", "MTMD_MAX_SLICES", "downscaled_size", "mtmd_fit_size", "resized", "bitmap_id"]
+__all__ = ["ImageBudget", "ImageCost", "MTMD_MAX_SLICES", "fitted_size", "resized", "bitmap_id"]
