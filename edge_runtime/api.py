@@ -376,9 +376,12 @@ class MiniCPMV:
         return PrefillResult(pre.n_prompt, pre.n_evaluated, encoded, (time.perf_counter() - t0) * 1e3,
                              pre.image_encode_ms)
 
-    def image_cost(self, image, *, max_slice_nums: int | None = None, max_pixels: int | None = None) -> ImageCost:
+    def image_cost(self, image, *, max_slice_nums: int | None = None, max_pixels: int | None = None,
+                   index: int = 0) -> ImageCost:
         """What `image` (a path, bytes, PIL image, HxWx3 array, or just its (width, height)) costs under
-        a budget: the size the slicer gets, encoder runs, slice grid, context tokens. Nothing is encoded."""
+        a budget: the size the slicer gets, encoder runs, slice grid, context tokens. Nothing is encoded.
+        The tokens include the `<image_id>N</image_id>` the families write before an image, N = `index`
+        (its number among the conversation's images), as the C ABI's mcv_session_image_cost counts them."""
         if self.vision is None:
             raise InputError("this model was loaded without an mmproj; images need one")
         budget = self._budget(max_slice_nums, max_pixels)
@@ -386,12 +389,17 @@ class MiniCPMV:
             width, height = image
         else:
             width, height = load_image(image, self.limits).size
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise InputError(f"index must be a non-negative integer, got {index!r}")
         w, h = self._fitted(width, height, budget)
         if self.exact_images:
-            return self.session.planner.cost(w, h, budget.max_slice_nums)
-        n_chunks, n_tokens, rows = self.vision.count_image(w, h)
-        grid = slice_plan(w, h, *self._slice_geometry).grid
-        return ImageCost(w, h, n_chunks, grid, n_tokens, rows)
+            cost = self.session.planner.cost(w, h, budget.max_slice_nums)
+        else:
+            n_chunks, n_tokens, rows = self.vision.count_image(w, h)
+            cost = ImageCost(w, h, n_chunks, slice_plan(w, h, *self._slice_geometry).grid, n_tokens, rows)
+        if self.format.use_image_id:
+            cost = replace(cost, n_tokens=cost.n_tokens + len(self.model.tokenize(self.format.facts.image_id(index))))
+        return cost
 
     def token_biases(self, bias) -> tuple[tuple[int, float], ...]:
         """{token id | text: bias} or [[token id | text, bias], ...] -> (token id, bias) pairs (chat_args.py)."""

@@ -54,7 +54,7 @@ class ImageCost:
     height: int
     n_chunks: int  # encoder runs: 1 (overview) + slices
     grid: tuple[int, int]  # (columns, rows) of slices; (0, 0) when not sliced
-    n_tokens: int  # context tokens of the image, its <image>/<slice> markers included
+    n_tokens: int  # context tokens of the image: its <image_id>N</image_id>, <image>/<slice> markers included
     n_embd_rows: int  # embedding rows the encoder produces (its work)
 
     def as_dict(self) -> dict:

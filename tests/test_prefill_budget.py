@@ -25,8 +25,11 @@ def _load(res, **kw):
 
 
 def _image_span(m, units) -> tuple[int, int]:
-    """(context tokens, embedding rows) of the image in `units`: from <image> to its last marker."""
-    start = m.model.tokenize("<image>")[0]
+    """(context tokens, embedding rows) of the image in `units`: from its <image_id> (or <image>, for a
+    family without ids) to its last marker."""
+    opening = m.model.tokenize("<image_id>" if m.format.use_image_id else "<image>")
+    assert len(opening) == 1
+    start = opening[0]
     ends = {m.model.tokenize(t)[0] for t in ("</image>", "</slice>")}
     first = next(i for i, u in enumerate(units) if u == ("tok", start))
     last = max(i for i, u in enumerate(units) if u[0] == "tok" and u[1] in ends)

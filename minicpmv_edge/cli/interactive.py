@@ -155,7 +155,9 @@ def _attach(model, path: str, pending: list, messages: list) -> bool:
         return False
     try:
         image = load_image(path, model.limits)
-        c = model.image_cost(image.rgb)
+        earlier = sum(1 for m in messages if m["role"] == "user" and isinstance(m["content"], list)
+                      for p in m["content"] if not isinstance(p, (str, dict)) or p.get("type") == "image")
+        c = model.image_cost(image.rgb, index=earlier + len(pending))  # its <image_id> number
         grid = f", {c.grid[0]}x{c.grid[1]} slices" if c.n_chunks > 1 else ""
         print(f"(image {Path(path).name}: {c.width}x{c.height}, {c.n_chunks} encoder run(s){grid}, {c.n_tokens} "
               "tokens; encoding...)", file=sys.stderr, flush=True)
