@@ -103,6 +103,35 @@ def test_onnx_encoder_within_the_floor_and_auto_picks_it_where_measured(v45, exp
         m.close()
 
 
+def test_onnx_int8_is_made_once_and_stays_within_the_floor(v45, export45, tmp_path):
+    """onnx_precision="int8": ONNX Runtime's dynamic quantization of the fp32 graph, written once beside it
+    (onnx_int8.py) and reused; per-token cosine against llama.cpp's F16 encoder and the greedy answer hold."""
+    export = tmp_path / "vision-onnx"
+    shutil.copytree(export45, export)
+    ref = MiniCPMV(v45.text_path, v45.mmproj_path, n_ctx=1024, n_threads=2, vision_encoder="mtmd")
+    q = MiniCPMV(v45.text_path, v45.mmproj_path, n_ctx=1024, n_threads=2, vision_encoder="onnx",
+                 vision_onnx=str(export), onnx_precision="int8")
+    assert "int8" in q.encoder.describe()
+    made = export / "vision-int8.onnx"
+    stamp = made.stat().st_mtime_ns
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(made)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops  # int8 matmuls, not a copy of the fp32 graph
+    for seed in (42, 44):
+        rgb = noise_image(448, 448, seed=seed)
+        assert _min_cos(_embeddings(ref, rgb), _embeddings(q, rgb)) >= FLOOR
+    msgs = [{"role": "user", "content": [Image.fromarray(noise_image(448, 448, seed=42)), "What is it?"]}]
+    ref.reset()
+    q.reset()
+    assert q.chat(msgs, **GREEDY).raw == ref.chat(msgs, **GREEDY).raw
+    again = MiniCPMV(v45.text_path, v45.mmproj_path, n_ctx=256, n_threads=2, vision_encoder="onnx",
+                     vision_onnx=str(export), onnx_precision="int8")
+    assert made.stat().st_mtime_ns == stamp  # reused, not made again
+    for m in (ref, q, again):
+        m.close()
+
+
 def test_a_foreign_export_is_not_used_by_auto(store, v45, export45, tmp_path, caplog):
     """auto never trusts an export of another checkpoint: llama.cpp's encoder, with a warning."""
     res = store.converted("minicpmv-4.0")
