@@ -272,7 +272,8 @@ class MiniCPMV:
              grammar: str | None = None, json_schema: dict | str | None = None, response_format: dict | None = None,
              logprobs: bool = False, top_logprobs: int = 0,
              reasoning_format: str = "auto", thinking_budget: int = -1, thinking_budget_message: str = "",
-             tools: list | None = None, tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+             tools: list | None = None, tool_choice: str | dict | None = None,
+             parallel_tool_calls: bool | None = None,
              chat_template_kwargs: dict | None = None, max_slice_nums: int | None = None,
              max_pixels: int | None = None):
         """Answer the conversation `messages`; a ChatResult, or with stream=True an iterator of Pieces
@@ -346,7 +347,7 @@ class MiniCPMV:
         self.last_notices = list(self.video.notices)
         return out
 
-    def tool_plan(self, tools, tool_choice=None, parallel_tool_calls: bool = True, constrained: bool = False):
+    def tool_plan(self, tools, tool_choice=None, parallel_tool_calls: bool | None = None, constrained: bool = False):
         """What tools / tool_choice / parallel_tool_calls mean for this model (tools.plan); the grammar is compiled."""
         return chat_args.tool_plan(self, tools, tool_choice, parallel_tool_calls, constrained)
 

@@ -76,7 +76,7 @@ def template_kwargs(m, kwargs) -> dict:
     return dict(kwargs)
 
 
-def tool_plan(m, tools, tool_choice, parallel_tool_calls: bool, constrained: bool):
+def tool_plan(m, tools, tool_choice, parallel_tool_calls: bool | None, constrained: bool):
     """tools.plan for this model's chat template, with its grammar compiled."""
     if not hasattr(m, "_template_source"):
         m._template_source = read_info(m.model.path).get("tokenizer.chat_template")

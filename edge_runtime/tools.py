@@ -228,13 +228,16 @@ class ToolPlan:
     ban_open: bool  # tool_choice none: the opening tag may not be generated
 
 
-def plan(template_source: str | None, tools, tool_choice, parallel: bool = True, constrained: bool = False) -> ToolPlan:
-    """What `tools` / `tool_choice` / `parallel_tool_calls` mean for one request (InputError when they
-    cannot be honoured). `constrained`: the request also has a grammar or response_format."""
+def plan(template_source: str | None, tools, tool_choice, parallel: bool | None = None,
+         constrained: bool = False) -> ToolPlan:
+    """What `tools` / `tool_choice` / `parallel_tool_calls` (None: true) mean for one request (InputError
+    when they cannot be honoured). `constrained`: the request also has a grammar or response_format."""
     if tools is None:
-        if tool_choice is not None:
-            raise InputError("tool_choice needs tools")
+        for name, value in (("tool_choice", tool_choice), ("parallel_tool_calls", parallel)):
+            if value is not None:  # as OpenAI: it would change nothing
+                raise InputError(f"{name} needs tools")
         return ToolPlan([], None, None, False)
+    parallel = True if parallel is None else parallel
     checked = check_tools(tools)
     fmt = detect_format(template_source)
     if fmt is None:

@@ -144,7 +144,9 @@ def test_bad_values_are_refused(m45):
                      (dict(top_k=-1), "top_k"), (dict(reasoning_format="deepseek-legacy"), "reasoning_format"),
                      (dict(thinking_budget=-2), "thinking_budget"), (dict(stop=[1]), "stop"),
                      (dict(chat_template_kwargs={"preserve_thinking": True}), "does not use 'preserve_thinking'"),
-                     (dict(chat_template_kwargs={"messages": []}), "set by the request")):
+                     (dict(chat_template_kwargs={"messages": []}), "set by the request"),
+                     (dict(parallel_tool_calls=False), "parallel_tool_calls needs tools"),
+                     (dict(tool_choice="required"), "tool_choice needs tools")):
         with pytest.raises(InputError, match=word):
             m.chat(MSGS, **kw)
     with pytest.raises(TypeError):

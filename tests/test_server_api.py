@@ -158,6 +158,7 @@ def test_reasoning_controls(srv):
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"chat_template_kwargs": {"preserve_thinking": True}}, "chat_template_kwargs"),
     ({"chat_template_kwargs": {"tools": []}}, "chat_template_kwargs"),
+    ({"parallel_tool_calls": False}, "parallel_tool_calls"),
 ])
 def test_unimplemented_or_bad_fields_are_refused(srv, body, param):
     req = {"model": MODEL, "messages": [user("hi")], "max_tokens": 2, **body}

@@ -99,12 +99,13 @@ def plan(body, model, config) -> Plan:
         kw["tool_choice"] = body.tool_choice if isinstance(body.tool_choice, str) else body.tool_choice.model_dump()
     if body.parallel_tool_calls is not None:
         kw["parallel_tool_calls"] = body.parallel_tool_calls
-    if "tools" in kw or "tool_choice" in kw:
+    if any(f in kw for f in ("tools", "tool_choice", "parallel_tool_calls")):
         try:  # the model's template must know tools; the tool_choice grammar must compile
-            model.tool_plan(kw.get("tools"), kw.get("tool_choice"), kw.get("parallel_tool_calls", True),
+            model.tool_plan(kw.get("tools"), kw.get("tool_choice"), kw.get("parallel_tool_calls"),
                             constrained=any(f in kw for f in ("grammar", "json_schema", "response_format")))
         except InputError as exc:
-            raise FieldError("tool_choice" if "tool_choice" in str(exc) else "tools", str(exc)) from None
+            field = next((f for f in ("tool_choice", "parallel_tool_calls") if str(exc).startswith(f)), "tools")
+            raise FieldError(field, str(exc)) from None
     for field in ("max_slice_nums", "max_pixels"):  # the image budget (image_budget.py), checked per model
         value = getattr(body, field)
         if value is not None:
