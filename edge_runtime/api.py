@@ -371,6 +371,7 @@ class MiniCPMV:
         text = prefix_before_cut(prompt)
         bitmaps = bitmaps[:text.count(self.vision.marker)] if self.vision is not None else []
         with self._lock:
+            self._ctx.clear_abort()  # a cancel() of an earlier answer must not stop this prefill (as chat)
             before = self.session.counters.images_encoded
             pre = self.session.prefill(text, bitmaps, ahead=True)
             encoded = self.session.counters.images_encoded - before

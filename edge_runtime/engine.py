@@ -28,6 +28,14 @@ _ROPE_MROPE, _ROPE_IMROPE = 8, 40  # GGML_ROPE_TYPE_MROPE / _IMROPE (ggml.h)
 # llama.cpp warnings that are the expected consequence of what we ask for: canvas M-RoPE (4.7) gives
 # a frame's rows one t, so every row after the first is "non-consecutive" (llama-kv-cache.cpp find_slot)
 _EXPECTED_WARNINGS = (b"find_slot: non-consecutive token position",)
+# what llama.cpp says when a decode stops because we asked (cancel() sets the abort callback's flag):
+# status 1 is GGML_STATUS_ABORTED, llama_decode's 2 is "aborted"; the lines that follow one of these
+# (the batch's cells removed, mtmd's "failed to decode image") belong to the same abort. Expected, so
+# logged at debug: a Ctrl-C or a client leaving is not an error.
+_ABORT_LINES = (b"graph_compute: ggml_backend_sched_graph_compute_async failed with error 1",
+                b"process_ubatch: failed to compute graph, compute status: 1",
+                b"llama_decode: failed to decode, ret = 2")
+_AFTER_ABORT = (b"decode: removing memory module entries", b"failed to decode", b"failed to eval chunk")
 _ATTR_CONTROL, _ATTR_USER_DEFINED = 1 << 3, 1 << 4  # llama_token_attr (llama.h)
 
 
@@ -63,13 +71,17 @@ def init_backend() -> None:
         # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line;
         # info (load/offload/buffer lines) shows with -v, as llama.cpp's own tools print it
         level_map = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-        last = [logging.DEBUG]
+        last, aborting = [logging.DEBUG], [False]
 
         @L.llama_log_callback
         def _cb(level, text, _user):
             lvl = last[0] if int(level) == 5 else level_map.get(int(level), logging.DEBUG)
             if lvl == logging.WARNING and text.startswith(_EXPECTED_WARNINGS):
                 lvl = logging.DEBUG
+            if int(level) != 5:
+                aborting[0] = text.startswith(_ABORT_LINES) or (aborting[0] and text.startswith(_AFTER_ABORT))
+                if aborting[0]:
+                    lvl = logging.DEBUG
             last[0] = lvl
             if log.isEnabledFor(lvl):
                 msg = text.decode("utf-8", "replace").rstrip()

@@ -253,3 +253,30 @@ def test_health_tells_the_truth(live_server):
     assert h.status_code == 503 and h.json()["status"] == "error" and "session recorded" in h.json()["detail"]
     assert httpx.post(url + "/v1/chat/completions", json=body, timeout=60).status_code == 200  # heals itself
     assert httpx.get(url + "/health", timeout=10).json() == {"status": "ok"}
+
+
+def test_a_cancel_is_not_an_error(store, caplog):
+    """llama.cpp reports an aborted decode as errors; ours asked for it, so they are logged at debug
+    (a Ctrl-C or a client leaving prints nothing alarming), and a stale cancel() of an earlier answer
+    does not stop the next prefill-ahead."""
+    import logging
+
+    from PIL import Image
+
+    res = store.converted("minicpmv-4.5")
+    model = MiniCPMV(res.text_path, res.mmproj_path, LoadOptions(n_ctx=4096, n_batch=16, n_threads=1))
+    caplog.set_level(logging.DEBUG, logger="minicpmv_edge")
+    with NodeAbort(model, 40):
+        r = model.chat([{"role": "user", "content": LONG * 4}], temperature=0, max_tokens=4)
+    assert r.finish_reason == "cancelled"
+    aborts = [x for x in caplog.records if "failed to decode, ret = 2" in x.getMessage()]
+    assert aborts and all(x.levelno == logging.DEBUG for x in aborts)  # llama.cpp said it; we kept it quiet
+    assert not [x for x in caplog.records if x.levelno >= logging.WARNING], caplog.text[-2000:]
+    model.cancel()  # nothing runs: the flag stays set until something clears it
+    image = Image.fromarray(noise_image(200, 150, seed=4))
+    pre = model.prefill([{"role": "user", "content": [image]}])
+    assert pre.images_encoded >= 1 and pre.n_cached > pre.n_evaluated > 0
+    r = model.chat([{"role": "user", "content": [image, "What is it?"]}], temperature=0, max_tokens=2)
+    assert r.finish_reason in ("stop", "length") and r.timings.prompt_tokens_evaluated < 32
+    assert model.health() is None
+    model.close()

@@ -266,3 +266,63 @@ def test_every_params_field_we_set_exists_in_llama_cpp():
                         checked += 1
                         assert attr in fields[kinds[var]], f"{path.name}: {kinds[var]} has no field {attr!r}"
     assert checked >= 15  # the engine's model/context/mtmd params, the quantizer's, the tests' helpers
+
+
+class _Live:
+    """A running CLI with both output streams collected as they come."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=_env())
+        self.out, self.err = bytearray(), bytearray()
+        for stream, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=lambda s=stream, b=buf: [b.extend(c) for c in iter(lambda: s.read1(4096), b"")],
+                             daemon=True).start()
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def wait_for(self, buf: bytearray, needle: bytes, timeout: float = 300, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while bytes(buf).count(needle) < count:
+            assert time.monotonic() < deadline and self.proc.poll() is None, (needle, bytes(self.err)[-3000:])
+            time.sleep(0.02)
+
+
+def test_image_after_a_stopped_answer_and_ctrl_c_while_encoding(folder, tmp_path):
+    """/image prefills at once even after Ctrl-C stopped an answer (a stale cancel must not stop it);
+    Ctrl-C while an image encodes drops that image and keeps the conversation; the question that
+    follows evaluates only its own tokens."""
+    from PIL import Image
+
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
+    Image.fromarray(noise_image(200, 150, seed=1)).save(small)
+    Image.fromarray(noise_image(1344, 896, seed=2)).save(big)
+    live = _Live([sys.executable, "-m", "minicpmv_edge", "run", folder, "-n", "100000", "--ignore-eos", "--temp", "0",
+                  "-t", "1", "-c", "1024"])
+    try:
+        live.send("Tell me a very long story.\n")
+        deadline = time.monotonic() + 300
+        while len(live.out) < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        live.proc.send_signal(signal.SIGINT)
+        live.wait_for(live.err, b"(stopped; the conversation continues)")
+        live.send(f"/clear\n/image {small}\n")
+        live.wait_for(live.err, b"prefilled")  # not stopped by the earlier Ctrl-C
+        live.send(f"/image {big}\n")
+        live.wait_for(live.err, b"big.png: 1344x896")
+        live.proc.send_signal(signal.SIGINT)
+        live.wait_for(live.err, b"(stopped; no image attached, the conversation continues)")
+        live.send("What is it?\n/exit\n")
+        live.proc.stdin.close()
+        rc = live.proc.wait(timeout=300)
+    finally:
+        if live.proc.poll() is None:
+            live.proc.kill()
+    err = bytes(live.err).decode()
+    assert rc == 0, err
+    assert "Traceback" not in err and "error:" not in err and "ERROR" not in err, err  # an abort is not an error
+    last = re.findall(r"\[load .*?image encode ([\d+]+) ms .*?\((\d+)/(\d+) tok\)", err)[-1]
+    assert last[0] == "0", last  # the small image was encoded by /image, the big one never reached the turn
+    assert int(last[1]) <= 32 and int(last[2]) >= 64, last  # the prefilled image is not evaluated again

@@ -2,10 +2,11 @@
 
 Line editing and history come from readline (stdin a terminal; history kept in
 $XDG_STATE_HOME/minicpmv-edge/chat_history). `/image PATH` checks the file at once and
-encodes it right away, so the question that follows only prefills text; Ctrl-C during an
-answer stops that answer (llama.cpp's abort, the conversation and its KV cache stay), Ctrl-C
-at the prompt clears the line, Ctrl-D or /exit ends. When stdout is not a terminal (piped to
-a file or another program) the prompt goes to stderr, so stdout holds only the answers.
+prefills it right away (MiniCPMV.prefill: encoded and placed in the KV cache), so the question
+that follows evaluates only its own tokens. Ctrl-C during an answer stops that answer (llama.cpp's
+abort; the conversation and its KV cache stay), during /image it drops that image, at the prompt it
+clears the line; Ctrl-D or /exit ends. When stdout is not a terminal (piped to a file or another
+program) the prompt goes to stderr, so stdout holds only the answers.
 """
 
 from __future__ import annotations
@@ -110,7 +111,12 @@ def run(model, messages: list, args, answer, user_content) -> int:
                 print("(conversation cleared)", file=sys.stderr)
                 continue
             if cmd == "/image":
-                _attach(model, rest.strip(), pending_images, messages)
+                n = len(pending_images)
+                with _StopOnCtrlC(model) as stop:  # Ctrl-C while it encodes drops the image, keeps the chat
+                    _attach(model, rest.strip(), pending_images, messages)
+                if stop.pressed:
+                    del pending_images[n:]
+                    print("(stopped; no image attached, the conversation continues)", file=sys.stderr)
                 continue
             if cmd == "/video":
                 pending_video = _check_video(rest.strip()) or pending_video
@@ -148,7 +154,7 @@ def _attach(model, path: str, pending: list, messages: list) -> bool:
     the KV cache with the conversation so far), so the question that follows costs only its own
     tokens; on a problem print it and keep the conversation."""
     from minicpmv_edge.edge_runtime.media import load_image
-    from minicpmv_edge.errors import EdgeError
+    from minicpmv_edge.errors import Cancelled, EdgeError
 
     if not path:
         print("usage: /image PATH", file=sys.stderr)
@@ -162,6 +168,8 @@ def _attach(model, path: str, pending: list, messages: list) -> bool:
         print(f"(image {Path(path).name}: {c.width}x{c.height}, {c.n_chunks} encoder run(s){grid}, {c.n_tokens} "
               "tokens; encoding...)", file=sys.stderr, flush=True)
         pre = model.prefill(list(messages) + [{"role": "user", "content": pending + [image]}])
+    except Cancelled:  # Ctrl-C (run() says so); the session has resynced its cache
+        return False
     except EdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return False
