@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from minicpmv_edge import schema
@@ -36,42 +36,18 @@ from .encoder_choice import choose
 from .image_budget import MTMD_MAX_SLICES, ImageBudget, ImageCost, bitmap_id, fitted_size, resized
 from .results import ChatResult, Piece, Timings  # noqa: F401  (public names of this module)
 from .load_checks import resolve_n_ctx
+from .load_options import LoadOptions, merge_options  # noqa: F401  (LoadOptions: public here too)
 from .sampling import model_defaults
 from .session import Counters, EmbeddingCache, Session
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LoadOptions:
-    n_ctx: int = 4096
-    n_threads: int | None = None  # default: physical cores
-    n_batch: int = 512
-    n_gpu_layers: int = 0  # Metal/CUDA builds: layers to offload (-1 = all)
-    mmproj_gpu: bool = False  # run the vision encoder on the GPU backend
-    max_slices: int | None = None  # default slice budget per image (default: the model's; mtmd families <= 9)
-    max_pixels: int | None = None  # default pixel budget per image: downscaled above it (image_budget.py)
-    image_max_pixels: int = MediaLimits.max_pixels
-    use_mmap: bool = True
-    # the vision encoder (encoder_choice.py): "mtmd" (llama.cpp), "onnx" (an export-vision folder,
-    # `vision_onnx`, run by ONNX Runtime in `onnx_precision` fp32/fp16/int8), an encoder object
-    # (external_encoder.py's protocol: n_chunks(rgb), slices(rgb), encode(pixels), check(...)), or
-    # "auto"/None: this platform's measured default
-    vision_encoder: object | None = None
-    mmproj_type: str | None = None  # projector storage for llama.cpp's encoder: f16, q8_0, ... (None: default)
-    vision_onnx: str | None = None
-    onnx_precision: str = "fp32"
-    vision_flash_attn: int = -1  # flash attention in mtmd's vision graph: -1 auto, 0 off, 1 on
-    # persistent image-embedding cache (embedding_store.py): a folder, and its size cap in MiB
-    image_cache_dir: str | None = None
-    image_cache_mb: int = 1024
-
-
 class MiniCPMV:
     def __init__(self, model: str | Path, mmproj: str | Path | None = None, options: LoadOptions | None = None,
                  **overrides):
         t0 = time.perf_counter()
-        opts = _merge(options or LoadOptions(), overrides)
+        opts = merge_options(options or LoadOptions(), overrides)
         info, mm_info = check_pair(model, mmproj) if mmproj else (read_info(model), None)
         self.format = PromptFormat.from_gguf(info, mm_info)  # family facts + chat template, before llama.cpp
         # ranges, GPU availability, the KV cache against free memory; -c 0 = the training context
@@ -415,15 +391,6 @@ class MiniCPMV:
 def _arguments(values: dict) -> dict:
     """chat()'s keyword arguments from its locals() (or a signature binding)."""
     return {k: v for k, v in values.items() if k not in ("self", "messages", "stream")}
-
-
-def _merge(opts: LoadOptions, overrides: dict) -> LoadOptions:
-    if not overrides:
-        return opts
-    unknown = set(overrides) - set(LoadOptions.__dataclass_fields__)
-    if unknown:
-        raise InputError(f"unknown load option(s): {sorted(unknown)}")
-    return replace(opts, **overrides)
 
 
 def _planner(m: "MiniCPMV", info, mm_info):
