@@ -141,6 +141,8 @@ class ClipEncoder:
         if not self.ptr:
             raise GGUFError("llama.cpp could not load this projector (see log with -v)", mmproj_path)
         self.n_embd = int(self._lib.edge_clip_n_embd(self.ptr))
+        # one clip context: the pool's scheduler and a plain chat() may both encode (edge_runtime/slots.py)
+        self._lock = threading.Lock()
 
     def n_tokens(self, width: int, height: int) -> int:
         return int(self._lib.edge_clip_n_tokens(self.ptr, int(width), int(height)))
@@ -155,7 +157,8 @@ class ClipEncoder:
         if n <= 0:
             raise InputError(f"a {w}x{h} crop is not a valid input for this projector")
         out = np.empty((n, self.n_embd), np.float32)
-        rc = self._lib.edge_clip_encode(self.ptr, self.n_threads, w, h, x.ctypes.data, out.ctypes.data, out.size)
+        with self._lock:
+            rc = self._lib.edge_clip_encode(self.ptr, self.n_threads, w, h, x.ctypes.data, out.ctypes.data, out.size)
         if rc != 0:
             raise RuntimeFailure(f"the vision encoder failed on a {w}x{h} crop (code {rc})")
         return out

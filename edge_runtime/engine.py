@@ -267,6 +267,10 @@ class Context:
         self.n_batch = int(n_batch)
         self.n_threads = threads
         self.n_past = 0
+        # the llama.cpp sequence this object drives, and the spare one its snapshot lives in (a
+        # parallel pool's slots share one llama_context, each on its own pair: edge_runtime/slots.py)
+        self.seq = 0
+        self.snap_seq = SNAPSHOT_SEQ
         self._abort = threading.Event()
         self._abort_cb = L.ggml_abort_callback(lambda _u: bool(self._abort.is_set()))
         L.llama_set_abort_callback(self.ptr, self._abort_cb, ctypes.c_void_p(0))
@@ -283,8 +287,8 @@ class Context:
             raise RuntimeFailure("this context has no spare sequence for snapshots")
         L = self._L
         mem = L.llama_get_memory(self.ptr)
-        L.llama_memory_seq_rm(mem, SNAPSHOT_SEQ, -1, -1)
-        L.llama_memory_seq_cp(mem, 0, SNAPSHOT_SEQ, -1, -1)
+        L.llama_memory_seq_rm(mem, self.snap_seq, -1, -1)
+        L.llama_memory_seq_cp(mem, self.seq, self.snap_seq, -1, -1)
         self._snapshot_n_past = self.n_past
         self.n_snapshots += 1
 
@@ -299,8 +303,8 @@ class Context:
             return False
         L = self._L
         mem = L.llama_get_memory(self.ptr)
-        L.llama_memory_seq_rm(mem, 0, -1, -1)
-        L.llama_memory_seq_cp(mem, SNAPSHOT_SEQ, 0, -1, -1)
+        L.llama_memory_seq_rm(mem, self.seq, -1, -1)
+        L.llama_memory_seq_cp(mem, self.snap_seq, self.seq, -1, -1)
         self.n_past = self._snapshot_n_past
         self.n_restores += 1
         return True
@@ -310,16 +314,16 @@ class Context:
         for persisting a conversation; within a process `snapshot` costs nothing."""
         L = self._L
         self.n_state_saves += 1
-        size = L.llama_state_seq_get_size(self.ptr, 0)
+        size = L.llama_state_seq_get_size(self.ptr, self.seq)
         buf = (ctypes.c_uint8 * size)()
-        n = L.llama_state_seq_get_data(self.ptr, buf, size, 0)
+        n = L.llama_state_seq_get_data(self.ptr, buf, size, self.seq)
         return bytes(buf[:n])
 
     def load_state(self, data: bytes, n_past: int) -> None:
         L = self._L
         self.clear()
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if L.llama_state_seq_set_data(self.ptr, buf, len(data), 0) != len(data):
+        if L.llama_state_seq_set_data(self.ptr, buf, len(data), self.seq) != len(data):
             self.clear()
             raise RuntimeFailure("could not restore a saved sequence state")
         self.n_past = n_past
@@ -328,12 +332,12 @@ class Context:
         """The last position llama.cpp's memory holds for sequence 0 (-1: empty): the truth the
         session's record is checked against."""
         L = self._L
-        return int(L.llama_memory_seq_pos_max(L.llama_get_memory(self.ptr), 0))
+        return int(L.llama_memory_seq_pos_max(L.llama_get_memory(self.ptr), self.seq))
 
     def cut(self, pos: int) -> bool:
         """Remove positions >= pos; False when the memory cannot (recurrent state), nothing changed then."""
         L = self._L
-        if not L.llama_memory_seq_rm(L.llama_get_memory(self.ptr), 0, int(pos), -1):
+        if not L.llama_memory_seq_rm(L.llama_get_memory(self.ptr), self.seq, int(pos), -1):
             return False
         self.n_past = int(pos)
         return True
@@ -350,7 +354,7 @@ class Context:
         """Drop positions >= n_keep (keeps the shared prefix for multi-turn reuse)."""
         L = _llama()
         if n_keep < self.n_past:
-            ok = L.llama_memory_seq_rm(L.llama_get_memory(self.ptr), 0, n_keep, -1)
+            ok = L.llama_memory_seq_rm(L.llama_get_memory(self.ptr), self.seq, n_keep, -1)
             if not ok:  # recurrent memory (qwen35) cannot cut in the middle
                 self.clear()
                 return
@@ -379,7 +383,7 @@ class Context:
             raise ContextOverflowError(f"prompt needs {self.n_past + n} tokens but the context holds {self.n_ctx}")
 
     def _decode_batch(self, tokens: list[int], want_logits) -> None:
-        """One llama_decode of `tokens` at positions n_past.. on sequence 0."""
+        """One llama_decode of `tokens` at positions n_past.. on this object's sequence."""
         L = self._L
         batch = L.llama_batch_init(len(tokens), 0, 1)
         try:
@@ -388,7 +392,7 @@ class Context:
                 batch.token[j] = t
                 batch.pos[j] = self.n_past + j
                 batch.n_seq_id[j] = 1
-                batch.seq_id[j][0] = 0
+                batch.seq_id[j][0] = self.seq
                 batch.logits[j] = 1 if want_logits(j) else 0
             rc = L.llama_decode(self.ptr, batch)
         finally:
@@ -410,40 +414,51 @@ class Context:
             raise ValueError(f"positions must be [3, {n}], got {list(pos.shape)}")
         embd = np.ascontiguousarray(embd, dtype=np.float32)
         step = 1 if index_causal else self.n_batch
-        seq0 = (ctypes.c_int32 * 1)(0)
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            p = np.zeros((self.model.n_pos_per_embd, b - a), np.int32)
+            k = min(3, len(p))
+            p[:k] = pos[:k, a:b]  # the 4th component stays 0, as mtmd writes it
+            self._decode_rows(np.ascontiguousarray(embd[a:b]), p, index_causal, logits_last and b == n)
+        self.n_past = max(self.n_past, int(pos.max()) + 1)
+
+    def _decode_rows(self, rows: np.ndarray, p: np.ndarray, index_causal: bool, want_logits: bool) -> None:
+        """One llama_decode of embedding rows at positions `p` [n_pos_per_embd, m] on this sequence."""
+        L = self._L
+        m = int(rows.shape[0])
+        seq = (ctypes.c_int32 * 1)(self.seq)
+        n_seq = np.ones(m, np.int32)
+        seq_ids = (ctypes.POINTER(ctypes.c_int32) * (m + 1))(*([ctypes.cast(seq, ctypes.POINTER(ctypes.c_int32))] * m))
+        out = np.zeros(m, np.int8)
+        out[-1] = 1 if want_logits else 0
+        batch = L.llama_batch()
+        batch.n_tokens = m
+        batch.token = None
+        batch.embd = rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        batch.pos = p.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        batch.n_seq_id = n_seq.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        batch.seq_id = seq_ids
+        batch.logits = out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
         if index_causal:
             L.llama_set_causal_attn(self.ptr, False)
         try:
-            for a in range(0, n, step):
-                b = min(n, a + step)
-                m = b - a
-                p = np.zeros((self.model.n_pos_per_embd, m), np.int32)
-                k = min(3, len(p))
-                p[:k] = pos[:k, a:b]  # the 4th component stays 0, as mtmd writes it
-                rows = np.ascontiguousarray(embd[a:b])
-                n_seq = np.ones(m, np.int32)
-                seq_ids = (ctypes.POINTER(ctypes.c_int32) * (m + 1))(*([ctypes.cast(seq0, ctypes.POINTER(ctypes.c_int32))] * m))
-                out = np.zeros(m, np.int8)
-                out[-1] = 1 if (logits_last and b == n) else 0
-                batch = L.llama_batch()
-                batch.n_tokens = m
-                batch.token = None
-                batch.embd = rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-                batch.pos = p.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
-                batch.n_seq_id = n_seq.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
-                batch.seq_id = seq_ids
-                batch.logits = out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
-                rc = L.llama_decode(self.ptr, batch)
-                self._check_rc(rc, "llama_decode of image embeddings")
+            rc = L.llama_decode(self.ptr, batch)
         finally:
             if index_causal:
                 L.llama_set_causal_attn(self.ptr, True)
-        self.n_past = max(self.n_past, int(pos.max()) + 1)
+        self._check_rc(rc, "llama_decode of image embeddings")
 
     def logits(self) -> np.ndarray:
-        L = _llama()
-        ptr = L.llama_get_logits_ith(self.ptr, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+        return self.logits_view().copy()
+
+    # the sampler reads llama.cpp's own logits buffer (llama_sampler_sample) where it may; a pool slot
+    # hands it a copy of its row instead (several slots sample from one batch: edge_runtime/slots.py)
+    direct_sampling = True
+
+    def logits_view(self) -> np.ndarray:
+        """The last output's logits in llama.cpp's buffer (valid until the next decode)."""
+        ptr = self._L.llama_get_logits_ith(self.ptr, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
 
     def request_abort(self) -> None:
         self._abort.set()
@@ -487,12 +502,15 @@ class Vision:
         if image_max_tokens > 0:
             set_fields(params, image_max_tokens=int(image_max_tokens))
         self.params = params
+        self.path = str(mmproj_path)
         self.marker = M.mtmd_default_marker().decode()
         self.model = model
         self.ptr = M.mtmd_init_from_file(str(mmproj_path).encode(), model.ptr, params)
         if not self.ptr:
             raise GGUFError("mtmd could not load this projector (see log with -v)", mmproj_path)
         self.use_mrope = bool(M.mtmd_decode_use_mrope(self.ptr))
+        # one mtmd context: the pool's scheduler and a plain chat() may both use it (edge_runtime/slots.py)
+        self._lock = threading.RLock()
 
     def tokenize(self, text: str, bitmaps: list[Bitmap], add_special: bool = False, placeholders: bool = False):
         """Split prompt text + images into chunks; returns an owning Chunks object.
@@ -524,7 +542,8 @@ class Vision:
             chunks = Chunks(M.mtmd_input_chunks_init())
             inp = M.mtmd_input_text(text.encode("utf-8"), len(text.encode("utf-8")), add_special, True)
             arr = (M.mtmd_bitmap_p_ctypes * max(1, len(handles)))(*handles)
-            rc = M.mtmd_tokenize(self.ptr, chunks.ptr, ctypes.byref(inp), arr, len(handles))
+            with self._lock:
+                rc = M.mtmd_tokenize(self.ptr, chunks.ptr, ctypes.byref(inp), arr, len(handles))
             if rc != 0:
                 chunks.close()
                 raise MediaError(f"mtmd_tokenize failed (code {rc}): markers and images disagree"
@@ -565,12 +584,13 @@ class Vision:
     def encode_chunk(self, chunk) -> np.ndarray:
         """Run the vision encoder on one image chunk; returns [n_tokens, n_embd] float32."""
         M = _mtmd()
-        rc = M.mtmd_encode_chunk(self.ptr, chunk)
-        if rc != 0:
-            raise RuntimeFailure(f"mtmd_encode_chunk failed with code {rc}")
-        n_tok = M.mtmd_input_chunk_get_n_tokens(chunk)
-        ptr = M.mtmd_get_output_embd(self.ptr)
-        return np.ctypeslib.as_array(ptr, shape=(n_tok * self.model.n_embd,)).reshape(n_tok, -1).copy()
+        with self._lock:  # the output buffer is the context's: read it before another encode
+            rc = M.mtmd_encode_chunk(self.ptr, chunk)
+            if rc != 0:
+                raise RuntimeFailure(f"mtmd_encode_chunk failed with code {rc}")
+            n_tok = M.mtmd_input_chunk_get_n_tokens(chunk)
+            ptr = M.mtmd_get_output_embd(self.ptr)
+            return np.ctypeslib.as_array(ptr, shape=(n_tok * self.model.n_embd,)).reshape(n_tok, -1).copy()
 
     def n_pos(self, chunk) -> int:
         return int(_mtmd().mtmd_input_chunk_get_n_pos(chunk))
@@ -586,7 +606,7 @@ class Vision:
         new_n_past = L.llama_pos(0)
         rc = M.mtmd_helper_decode_image_chunk(
             self.ptr, ctx.ptr, chunk, embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-            ctx.n_past, 0, ctx.n_batch, ctypes.byref(new_n_past),
+            ctx.n_past, ctx.seq, ctx.n_batch, ctypes.byref(new_n_past),
             ctypes.cast(None, M.mtmd_helper_post_decode_callback), ctypes.c_void_p(0))
         ctx._check_rc(rc, "decoding image embeddings")
         ctx.n_past = int(new_n_past.value)

@@ -229,7 +229,7 @@ class Sampler:
         -1: no token is possible (a complete grammar whose end tokens are banned by ignore_eos)."""
         L = self._L
         if self.fast_greedy:
-            logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, -1), shape=(self.model.n_vocab,))
+            logits = ctx.logits_view()  # llama.cpp's buffer (a pool slot: its copy of its row)
             if self._bias is not None:  # as llama_sampler_logit_bias: logit += bias (float32)
                 ids, values, buf = self._bias
                 np.copyto(buf, logits)
@@ -238,10 +238,16 @@ class Sampler:
             tok = int(np.argmax(logits))
             L.llama_sampler_accept(self.pre, tok)
             return tok
-        if self.post is None:
+        if self.post is None and ctx.direct_sampling:
             return int(L.llama_sampler_sample(self.pre, ctx.ptr, -1))  # applies and accepts
+        # the same chain over a token array made from the context's logits (a pool slot's copy of its
+        # row: edge_runtime/slots.py); llama_sampler_sample builds exactly this array internally
         cur, arr = self._fill(ctx)
         L.llama_sampler_apply(self.pre, ctypes.byref(arr))
+        if self.post is None:
+            tok = int(arr.data[arr.selected].id)
+            self.accept(tok)
+            return tok
         adjusted = cur["logit"].copy() if self.grammar_active else None
         L.llama_sampler_apply(self.post, ctypes.byref(arr))
         tok = int(arr.data[arr.selected].id)
@@ -269,14 +275,13 @@ class Sampler:
             self.grammar_active = True
 
     def _fill(self, ctx):
-        L = self._L
         n = self.model.n_vocab
         if self._cur is None:
             self._cur = np.zeros(n, dtype=_TOKEN_DATA)
             self._ids = np.arange(n, dtype=np.int32)
         cur = self._cur
         cur["id"] = self._ids
-        cur["logit"] = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, -1), shape=(n,))
+        cur["logit"] = ctx.logits_view()
         cur["p"] = 0.0
         return cur, self._array(cur)
 

@@ -12,6 +12,7 @@ being encoded again (keyed by a hash of its pixels and slice settings).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,8 @@ class Counters:
 
 
 class EmbeddingCache:
-    """LRU of image-chunk embeddings, shared by all sessions of one loaded model; with a `store`
+    """LRU of image-chunk embeddings, shared by all sessions of one loaded model (and by the slots
+    of a parallel pool, from their own threads: hence the lock); with a `store`
     (embedding_store.DiskEmbeddingStore) also on disk, across restarts."""
 
     def __init__(self, max_bytes: int = 256 << 20, store=None):
@@ -53,15 +55,17 @@ class EmbeddingCache:
         self.store = store
         self._d: OrderedDict[str, np.ndarray] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
 
     def __contains__(self, key: str) -> bool:
         return key in self._d or (self.store is not None and self.get(key) is not None)
 
     def get(self, key: str) -> np.ndarray | None:
-        v = self._d.get(key)
-        if v is not None:
-            self._d.move_to_end(key)
-            return v
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+                return v
         if self.store is not None:
             v = self.store.get(key)
             if v is not None:
@@ -74,13 +78,14 @@ class EmbeddingCache:
             self.store.put(key, value)
 
     def _remember(self, key: str, value: np.ndarray) -> None:
-        if key in self._d or value.nbytes > self.max_bytes:
-            return
-        self._d[key] = value
-        self._bytes += value.nbytes
-        while self._bytes > self.max_bytes:
-            _, old = self._d.popitem(last=False)
-            self._bytes -= old.nbytes
+        with self._lock:
+            if key in self._d or value.nbytes > self.max_bytes:
+                return
+            self._d[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._d.popitem(last=False)
+                self._bytes -= old.nbytes
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""The OpenAI-compatible app: /v1/chat/completions, /v1/models, /health.
+"""The OpenAI-compatible app: /v1/chat/completions, /v1/models, /health (+ ops.py: the chat page
+at /, /metrics, /props).
 
-A request goes: ASGI middleware (log line, API key, body cap) -> pydantic validation
--> image sources resolved and decoded off the event loop (a thread) -> a `Job` on
-the bounded queue (429 when full) -> the generation thread -> pieces back to the
-event loop -> JSON or server-sent events. The model is loaded in a thread after
-the socket opens, so /health (and every request) answers 503 until it is ready.
+A request goes: ASGI middleware (CORS when enabled, log line, API key, body cap) -> pydantic
+validation -> image sources resolved and decoded off the event loop (a thread) -> a `Job` for
+the slot pool (a free slot, else the bounded queue; 429 when full) -> the slot's thread -> pieces
+back to the event loop -> JSON or server-sent events. The model is loaded in a thread after the
+socket opens, so /health (and every request) answers 503 until it is ready.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..messages import normalize
 from . import request as R
 from . import schemas as S
 from .middleware import ApiKey, BodyLimit, RequestLog
+from .ops import install as install_ops
 from .sources import MediaPolicy
 from .validation import describe
 from .worker import Job, QueueFull, Worker
@@ -50,6 +52,9 @@ class ServerConfig:
     max_n: int = 8  # choices per request (generated one after another)
     default_max_tokens: int = 512
     media: MediaPolicy = field(default_factory=MediaPolicy)
+    parallel: int | None = None  # slots decoding at once (None: pool.default_parallel)
+    n_ctx: int | None = None  # positions per slot (None: the model's n_ctx)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any); none: CORS off
 
 
 class ApiError(Exception):
@@ -96,10 +101,11 @@ def create_app(config: ServerConfig, load: Callable[[], object],
     def _load():
         try:
             model = load()
-            state.worker = Worker(model, config.max_queue)
+            state.worker = Worker(model, config.max_queue, config.parallel, config.n_ctx)
             state.model = model
             state.status = "ok"
-            log.info("model %s ready", config.model_id)
+            log.info("model %s ready: %d slots of %d tokens", config.model_id, state.worker.parallel,
+                     state.worker.pool.n_ctx)
         except BaseException as exc:  # noqa: BLE001 - reported, then the server stops
             state.status = "error"
             log.error("cannot load the model: %s", exc)
@@ -118,7 +124,14 @@ def create_app(config: ServerConfig, load: Callable[[], object],
     app.state.server = state
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(ApiKey, key=config.api_key)
-    app.add_middleware(RequestLog)
+    metrics = install_ops(app, config, state)
+    app.add_middleware(RequestLog, metrics=metrics)
+    if config.cors_origins:  # outermost: preflights are answered before the API key is asked for
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-Id"],
+                           max_age=600)
     _install_error_handlers(app)
     _patch_openapi(app)
 
@@ -128,8 +141,8 @@ def create_app(config: ServerConfig, load: Callable[[], object],
     async def health():
         if state.status != "ok":
             return JSONResponse({"status": state.status}, status_code=503)
-        # the truth, not a flag: llama.cpp's cache compared with the session's record of it
-        problem = await run_in_threadpool(state.model.health)
+        # the truth, not a flag: llama.cpp's cache compared with each idle slot's record of it
+        problem = await run_in_threadpool(state.worker.pool.health)
         if problem:
             return JSONResponse({"status": "error", "detail": problem}, status_code=503)
         return JSONResponse({"status": "ok"}, status_code=200)
@@ -189,8 +202,7 @@ async def _chat(body: S.ChatCompletionRequest, request: Request, config: ServerC
     if state.status != "ok":
         raise ApiError(503, "the model is still loading" if state.status == "loading" else "the model failed to load",
                        "server_error", code="model_loading", headers={"Retry-After": "2"})
-    if body.model != config.model_id:
-        raise _unknown_model(body.model, config.model_id)
+    # one model is served: any name reaches it (as with llama-server); /v1/models tells the real one
     model, worker = state.model, state.worker
     n_images = sum(1 for m in body.messages if isinstance(m.content, list)
                    for p in m.content if p.type == "image_url")
@@ -219,7 +231,8 @@ async def _chat(body: S.ChatCompletionRequest, request: Request, config: ServerC
     worker.submit(job)
     deadline = t_arrival + config.request_timeout_s
     waiter = _Waiter(request, job, worker, deadline, config.request_timeout_s)
-    meta = dict(id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=config.model_id)
+    rid = getattr(request.state, "request_id", None) or uuid.uuid4().hex[:24]
+    meta = dict(id=f"chatcmpl-{rid}", created=int(time.time()), model=config.model_id)
     try:
         first = await waiter.next()
         if first[0] == "error":
@@ -232,6 +245,7 @@ async def _chat(body: S.ChatCompletionRequest, request: Request, config: ServerC
                 raise error_for(ev[1])
             results = ev[1]
             request.state.usage = usage = _usage(results)
+            request.state.slot = job.slot
             choices = []
             for i, r in enumerate(results):
                 msg, lp = R.message(r, p.thinking, p.logprobs)
@@ -347,6 +361,7 @@ async def _sse(first, waiter: _Waiter, request: Request, meta: dict, include_usa
                 yield _event(chunk(i, {}, R.finish_reason(r.finish_reason)))
             elif kind == "done":
                 request.state.usage = usage = _usage(val or [])
+                request.state.slot = waiter.job.slot
                 if include_usage:
                     yield _event({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage})
                 break

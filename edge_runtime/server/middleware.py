@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 
 log = logging.getLogger("minicpmv_edge.edge_runtime.server")
 
@@ -62,20 +63,27 @@ class BodyLimit:
 
 
 class RequestLog:
-    """`POST /v1/chat/completions 200 prompt=57 completion=16 84 ms`; handlers put usage in scope state."""
+    """One line per request at info level, e.g.
+    `id=3f2a... POST /v1/chat/completions 200 prompt=57 completion=16 slot=2 84 ms`; handlers put
+    usage and the slot in scope state. The id is the response's X-Request-Id header (and the
+    completion's id after `chatcmpl-`); `metrics` (ops.Metrics) counts the request."""
 
-    def __init__(self, app):
+    def __init__(self, app, metrics=None):
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         status = [0]
+        rid = uuid.uuid4().hex[:24]
+        scope.setdefault("state", {})["request_id"] = rid
 
         async def tracking_send(msg):
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", rid.encode())]}
             await send(msg)
 
         try:
@@ -83,10 +91,14 @@ class RequestLog:
         finally:
             state = scope.get("state") or {}
             usage = state.get("usage") or {}
+            ms = (time.perf_counter() - t0) * 1e3
+            slot = f" slot={state['slot']}" if state.get("slot") is not None else ""
             extra = f" {state['note']}" if state.get("note") else ""
-            log.info("%s %s %s prompt=%s completion=%s %.0f ms%s", scope.get("method"), scope.get("path"),
-                     status[0] or "-", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
-                     (time.perf_counter() - t0) * 1e3, extra)
+            log.info("id=%s %s %s %s prompt=%s completion=%s%s %.0f ms%s", rid, scope.get("method"), scope.get("path"),
+                     status[0] or "-", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), slot, ms,
+                     extra)
+            if self.metrics is not None:
+                self.metrics.observe_http(scope.get("method", ""), scope.get("path", ""), status[0], ms / 1e3)
 
 
 class ApiKey:

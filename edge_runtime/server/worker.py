@@ -1,30 +1,26 @@
-"""One model, one generation thread, a bounded queue in front of it.
+"""The server's admission in front of the slot pool (edge_runtime/pool.py).
 
-llama.cpp calls run only on the worker thread, so the event loop never blocks on
-them. Each request is a `Job`; its events (pieces, the final result, an error) are
-handed to the event loop with `call_soon_threadsafe`. Cancelling a job (the client
-went away, its time ran out) sets the job's flag; if the job is running, a watchdog
-calls `MiniCPMV.cancel()` (llama.cpp's abort callback, checked inside decode)
-every few ms until the generation ends, so a cancel that lands before the runtime
-cleared its abort flag is not lost. The abort is only ever raised while the
-cancelled job is the current one (under the lock), so it cannot hit the next job.
+Up to `parallel` requests run at once, each in a slot of one llama.cpp context (their generated
+tokens decoded together, one llama_decode per step); up to `max_queue` more wait for a slot, and
+beyond that a request gets 429 with a Retry-After. A request takes its place before its images
+are decoded (`reserve`), so decoding work is bounded too. Each request is a `Job`; the pool's
+events for it (pieces, each choice's result, the end or an error) are handed to the event loop
+with `call_soon_threadsafe`. Cancelling a job (the client went away, its time ran out) cancels
+its pool request: queued, it never starts; running, its slot stops at the next token (or
+inside the prompt chunk being decoded) and the other slots go on unaffected.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import math
-import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("minicpmv_edge.edge_runtime.server")
+from ..pool import Request, SlotPool
 
-_WATCH_S = 0.02
+log = logging.getLogger("minicpmv_edge.edge_runtime.server")
 
 
 @dataclass
@@ -35,10 +31,12 @@ class Job:
     turns: list
     kwargs: dict  # MiniCPMV.chat keyword arguments
     loop: asyncio.AbstractEventLoop
-    n: int = 1  # choices, generated one after another (a given seed: seed + choice)
+    n: int = 1  # choices, generated one after another in the slot (a given seed: seed + choice)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     reason: str = ""  # "disconnect" | "timeout" | "shutdown"
+    request: Request | None = None
+    slot: int | None = None
 
     def emit(self, kind: str, value: Any = None) -> None:
         try:
@@ -54,99 +52,76 @@ class QueueFull(Exception):
 
 
 class Worker:
-    def __init__(self, model, max_queue: int):
+    def __init__(self, model, max_queue: int, parallel: int | None = None, n_ctx: int | None = None):
         self.model = model
         self.max_queue = max_queue
-        self._q: queue.Queue = queue.Queue()
+        self.pool = SlotPool(model, slots=parallel, n_ctx=n_ctx)
         self._lock = threading.Lock()
-        self._waiting = 0
-        self._current: Job | None = None
-        self._recent = collections.deque(maxlen=16)  # seconds per finished job, for Retry-After
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
-        self._watch = threading.Thread(target=self._watchdog, name="generation-watchdog", daemon=True)
-        self._thread.start()
-        self._watch.start()
+        self._waiting = 0  # reserved, not started yet (decoding images, or queued in the pool)
+        self._running = 0
+
+    @property
+    def parallel(self) -> int:
+        return self.pool.slots
 
     # --- event-loop side --------------------------------------------------------
     def reserve(self) -> None:
-        """Take a queue slot before the request's images are decoded (so decodes are bounded too)."""
+        """Take a place before the request's images are decoded: a free slot, else a queue place."""
         with self._lock:
-            if self._waiting >= self.max_queue:
-                raise QueueFull(self.retry_after())
+            free = self.pool.slots - self._running
+            if self._waiting >= self.max_queue + max(0, free):
+                raise QueueFull(self.pool.retry_after())
             self._waiting += 1
 
     def release(self) -> None:
-        """Give back a reserved slot (the request failed before it was submitted)."""
+        """Give back a reserved place (the request failed before it was submitted)."""
         with self._lock:
             self._waiting -= 1
 
+    def queue_depth(self) -> int:
+        """Requests admitted that have no slot yet."""
+        with self._lock:
+            return max(0, self._waiting - max(0, self.pool.slots - self._running))
+
     def submit(self, job: Job) -> None:
-        """Queue a job on a slot taken with reserve()."""
-        self._q.put(job)
+        """Hand a job that holds a reserved place to the pool."""
+        state = {"started": False}
+
+        def listener(kind: str, value) -> None:
+            if kind == "start":
+                with self._lock:
+                    self._waiting -= 1
+                    self._running += 1
+                state["started"] = True
+                job.slot = value
+                return
+            if kind in ("done", "error"):
+                with self._lock:
+                    if state["started"]:
+                        self._running -= 1
+                    else:  # cancelled while queued
+                        self._waiting -= 1
+                if job.cancelled.is_set() and kind == "error":
+                    kind, value = "done", None  # aborted: nobody is waiting for details
+            job.emit(kind, value)
+
+        try:
+            job.request = self.pool.submit(job.turns, n=job.n, listener=listener, **job.kwargs)
+        except BaseException:
+            self.release()
+            raise
+        if job.cancelled.is_set():
+            job.request.cancel()
 
     def cancel(self, job: Job, reason: str) -> None:
         if not job.cancelled.is_set():
             job.reason = reason
             job.cancelled.set()
-        with self._lock:
-            if self._current is job:
-                self.model.cancel()
+        if job.request is not None:
+            job.request.cancel()
 
     def retry_after(self) -> int:
-        avg = sum(self._recent) / len(self._recent) if self._recent else 1.0
-        return max(1, math.ceil(avg * (self._waiting + 1)))
+        return self.pool.retry_after()
 
     def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            if self._current is not None:
-                self._current.cancelled.set()
-                self.model.cancel()
-        self._q.put(None)
-        self._thread.join(timeout=10)
-
-    # --- worker thread --------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            job = self._q.get()
-            if job is None:
-                break
-            with self._lock:
-                self._waiting -= 1
-                if job.cancelled.is_set():
-                    continue
-                self._current = job
-            t0 = time.perf_counter()
-            try:
-                self._generate(job)
-            finally:
-                with self._lock:
-                    self._current = None
-                self._recent.append(time.perf_counter() - t0)
-
-    def _generate(self, job: Job) -> None:
-        try:
-            results = []
-            for i in range(job.n):
-                if job.cancelled.is_set():
-                    break
-                kwargs = dict(job.kwargs)
-                if i and kwargs.get("seed", -1) != -1:
-                    kwargs["seed"] = (kwargs["seed"] + i) % (2**32 - 1)
-                for piece in self.model.chat(job.turns, stream=True, **kwargs):
-                    job.emit("piece", (i, piece))
-                results.append(self.model.last_result)
-                job.emit("choice", (i, results[-1]))
-            job.emit("done", results)
-        except Exception as exc:  # noqa: BLE001 - every failure goes back to its request
-            if job.cancelled.is_set():
-                job.emit("done", None)  # aborted mid-decode: nobody is waiting for details
-            else:
-                job.emit("error", exc)
-
-    def _watchdog(self) -> None:
-        while not self._stop.wait(_WATCH_S):
-            with self._lock:
-                if self._current is not None and self._current.cancelled.is_set():
-                    self.model.cancel()
+        self.pool.close()

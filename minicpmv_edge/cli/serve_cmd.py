@@ -1,7 +1,8 @@
 """`minicpmv-edge serve OUT_DIR` / `serve -m MODEL.gguf --mmproj MMPROJ.gguf`: an OpenAI-compatible server.
 
-POST /v1/chat/completions (JSON or SSE), GET /v1/models, GET /health. One model is
-shared by all requests; they queue (bounded) in front of one generation thread.
+POST /v1/chat/completions (JSON or SSE), GET /v1/models, GET /health, GET / (a chat page),
+GET /metrics (Prometheus), GET /props. One model is shared by all requests: up to --parallel of
+them are decoded together (slots of one llama.cpp context), the rest wait in a bounded queue.
 Needs the `server` extra: pip install 'minicpmv-edge[server]'.
 """
 
@@ -17,6 +18,9 @@ EXAMPLES = """examples:
   minicpmv-edge serve out/v45                                   # http://127.0.0.1:8080/v1
   minicpmv-edge serve -m text.gguf --mmproj mmproj.gguf --port 9000 --api-key s3cret
   minicpmv-edge serve out/v45 --media-dir ./images --allow-remote-media --max-queue 4
+  minicpmv-edge serve out/v46 --parallel 8 -c 8192 --host 0.0.0.0   # 8 people at once, 8192 tokens each
+  minicpmv-edge serve out/v46 --cors-origin https://chat.example.org   # a web UI on another origin may call us
+  # open http://127.0.0.1:8080/ in a browser to chat
 
   curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' -d '{
     "model": "v45", "messages": [{"role": "user", "content": [
@@ -37,8 +41,15 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=port_type, default=8080, help="TCP port, 1-65535")
     p.add_argument("--api-key", default=os.environ.get("MINICPMV_EDGE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/ (default: $MINICPMV_EDGE_API_KEY, else none)")
+    p.add_argument("-np", "--parallel", type=int_range(1, 64, "a slot count"), default=None,
+                   help="requests decoded at once, each in a slot of one llama.cpp context with -c tokens "
+                        "(default: 4 on 2 or more cores, 1 on one core, fewer if the KV cache of all slots "
+                        "would take over half the available memory)")
     p.add_argument("--max-queue", type=int_range(0, 1 << 16, "a request count"), default=16,
-                   help="requests that may wait; more get 429")
+                   help="requests that may wait for a free slot; more get 429")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browser pages from ORIGIN call the API (repeatable; '*' = any origin); "
+                        "default: no CORS headers")
     p.add_argument("--request-timeout", type=positive_float, default=300.0, help="seconds per request, queue included")
     p.add_argument("--max-body-mb", type=float_range(0.0, 1 << 20, lo_open=True), default=20.0,
                    help="request body cap in MB")
@@ -89,12 +100,14 @@ def _check(args) -> None:
 
 def _precheck_model(args, text: Path, mmproj: Path | None) -> None:
     from minicpmv_edge.edge_runtime.load_checks import resolve_n_ctx
+    from minicpmv_edge.edge_runtime.pool import size_slots
     from minicpmv_edge.gguf_info import check_pair, read_info
 
     from ._common import load_options
 
     info = check_pair(text, mmproj)[0] if mmproj else read_info(text)
-    resolve_n_ctx(load_options(args), info)
+    n_ctx = resolve_n_ctx(load_options(args), info)
+    size_slots(info, n_ctx, args.parallel, args.n_gpu_layers != 0)  # all slots' KV cache must fit
 
 
 def _listen(host: str, port: int):
@@ -141,14 +154,20 @@ def run(args) -> int:
         default_max_tokens=args.default_max_tokens,
         media=MediaPolicy(allow_remote=args.allow_remote_media,
                           media_dir=Path(args.media_dir).resolve() if args.media_dir else None,
-                          remote_max_bytes=int(args.remote_max_mb * 1e6), remote_timeout_s=args.remote_timeout))
+                          remote_max_bytes=int(args.remote_max_mb * 1e6), remote_timeout_s=args.remote_timeout),
+        parallel=args.parallel, n_ctx=args.ctx_size, cors_origins=tuple(args.cors_origin))
 
     def load():
+        from dataclasses import replace
+
         from minicpmv_edge.edge_runtime import MiniCPMV
+        from minicpmv_edge.edge_runtime.load_checks import MIN_CTX
 
         from ._common import load_options
 
-        return MiniCPMV(text, mmproj, load_options(args))
+        # the pool (one context of --parallel slots, -c tokens each) serves every request: the
+        # model's own single-conversation context is not needed, so it gets the smallest size
+        return MiniCPMV(text, mmproj, replace(load_options(args), n_ctx=MIN_CTX))
 
     failed: list[BaseException] = []
 
