@@ -1,18 +1,23 @@
-"""Throughput and latency of `minicpmv-edge serve` beside llama.cpp's own `llama-server`.
+"""Serving several clients: `minicpmv-edge serve --parallel N` beside llama.cpp's `llama-server -np N`.
 
-Both serve the same GGUF pair; each gets the same request (one image as a data URI,
-the same prompt, the same max_tokens, temperature 0, repeat_penalty 1) from 1, 4 and
-8 concurrent clients (threads with httpx). Per level: requests/s over the wall
-time, p50 / p95 of per-request latency, mean completion tokens (so that runs that
-stopped early at EOS are visible). Both servers are warmed up first (two requests),
-so the image embedding is cached by ours and by llama-server's prompt cache alike.
+Both serve the same GGUF pair from the same llama.cpp source (llama-server is built from the
+llama-cpp-python sdist our runtime links: bench/llama_tools.py). Every request carries its own
+image (a different random PNG per request, the same set for both servers, so neither can answer from
+a cache), the same question, temperature 0, repeat_penalty 1 and `ignore_eos` with a fixed
+`max_tokens` (every answer has the same length on both). At each level of concurrent clients
+(threads with httpx) it measures the aggregate completion tokens per second over the level's wall
+time, and the p50 / p95 of per-request latency; one table puts ours and llama-server side by side
+with the ratios (goal: aggregate throughput >= 1.0x llama-server's at 4 and 8 clients, p95 latency
+<= 1.1x).
 
-    python bench/server.py                          # tiny 4.5 fixture, builds it if needed
-    python bench/server.py --folder out/v45 --requests 16 --max-tokens 64
-    python bench/server.py --build-llama-server     # cmake-build llama-server from the sdist first
+The default model has the real MiniCPM-V 4.6 shapes (Qwen3.5-0.8B text: hidden 1024, 24 layers
+3:1 linear:full attention, 8/2 heads of 256, FFN 3584, vocab 248094, tied embeddings; SigLIP2-400M,
+27 layers, merger to 64 tokens per 448 slice) with random weights, converted by our converter, the
+text quantized to Q4_K_M, the projector F16. Random weights do not change the cost of a token.
 
-llama-server is built from the llama.cpp that llama-cpp-python vendors (same source
-as our runtime): see `build_llama_server`.
+    python bench/server.py                               # real-shape 4.6, Q4_K_M; builds what it needs
+    python bench/server.py --parallel 4,8 --llama-parallel 4,8 --levels 1,4,8 --requests 8 --max-tokens 48
+    python bench/server.py --folder out/v46 --quant none # a converted folder instead
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import base64
 import io
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,33 +45,140 @@ sys.path[:] = [str(BENCH.parent)] + [p for p in sys.path if p and Path(p).resolv
 
 from bench._common import loadavg, machine_description  # noqa: E402
 
-LLAMA_VERSION = "0.3.36"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minicpmv-edge"
+REAL_46 = Path(os.environ.get("MINICPMV_EDGE_REAL_CHECKPOINTS", ROOT.parent / "shared" / "reference" /
+                              "real-checkpoints")) / "minicpm-v-4.6" / "config.json"
+QUESTION = "Describe this image in detail."
 
 
-def build_llama_server(*_args, **_kw) -> Path:
-    import llama_tools  # bench/llama_tools.py: the one place llama.cpp's CLI tools are built
+# --- the model -------------------------------------------------------------------------------------
+def _bench_module(name: str):
+    import importlib.util
 
-    return llama_tools.build(["llama-server"])["llama-server"]
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def fixture_folder(family: str) -> Path:
-    out = CACHE / "bench-server" / f"out-{family}"
+def real_46_checkpoint(work: Path, log=print) -> Path:
+    """A MiniCPM-V 4.6 checkpoint with the real shapes (config.json of openbmb/MiniCPM-V-4.6) and
+    random bf16 weights, written by bench/convert.py's safetensors writer; tokenizer files and
+    token ids from the tiny 4.6 fixture (its vocabulary is padded to the real 248094 rows)."""
+    conv = _bench_module("convert")
+    d = work / "v46-real"
+    if (d / ".bench-complete").exists():
+        return d
+    fx = conv._fixture(work, "minicpmv-4.6")
+    real = json.loads(REAL_46.read_text())
+    cfg = json.loads((fx / "config.json").read_text())
+    shape_keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                  "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+                  "linear_conv_kernel_dim", "num_hidden_layers", "layer_types", "full_attention_interval",
+                  "vocab_size", "partial_rotary_factor", "tie_word_embeddings", "attn_output_gate")
+    cfg["text_config"].update({k: real["text_config"][k] for k in shape_keys if k in real["text_config"]})
+    cfg["text_config"]["rope_parameters"].update(real["text_config"]["rope_parameters"])
+    cfg["text_config"]["rope_parameters"].setdefault("mrope_section", [11, 11, 10])
+    cfg["vision_config"].update({k: v for k, v in real["vision_config"].items() if k != "model_type"})
+    for k in ("insert_layer_id", "tie_word_embeddings"):
+        if k in real:
+            cfg[k] = real[k]
+    tensors = conv.tensors_46(cfg)
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    for f in fx.iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", "model.safetensors.index.json"):
+            shutil.copy(f, d / f.name)
+    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    import numpy as np
+
+    pool, rng = conv._pool(), np.random.default_rng(1)
+    groups = conv.shard_groups(tensors)
+    weight_map = {}
+    for i, g in enumerate(groups, 1):
+        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        conv.write_safetensors_shard(d / fname, g, pool, rng)
+        weight_map.update({name: fname for name, _ in g})
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": conv.nbytes(tensors)}, "weight_map": dict(sorted(weight_map.items()))}))
+    (d / ".bench-complete").write_text("ok\n")
+    log(f"wrote {d} ({conv.nbytes(tensors) / 1e9:.2f} GB, {len(tensors)} tensors)")
+    return d
+
+
+def _real_tokens_only(path: Path) -> None:
+    """The vocabulary has 248094 rows but the fixture tokenizer far fewer: zero the rows of the
+    padding ids in the (tied) output matrix, so that the random model samples real tokens, as a
+    real model does (a padding id prints nothing). In place, before quantization; no cost changes."""
+    from gguf import GGUFReader, TokenType
+
+    r = GGUFReader(path, "r+")
+    types = r.fields["tokenizer.ggml.token_type"]
+    n_real = sum(int(types.parts[i][0]) != TokenType.UNUSED for i in types.data)
+    out = next((t for t in r.tensors if t.name == "output.weight"), None) or \
+        next(t for t in r.tensors if t.name == "token_embd.weight")
+    out.data[n_real:] = 0
+    r.data.flush()
+
+
+def real_46_pair(work: Path, quant: str | None, log=print) -> tuple[Path, Path]:
+    from minicpmv_edge.convert import convert
+    from minicpmv_edge.manifest import Manifest
+
+    out = work / "gguf-v46-real"
+    if not (out / "manifest.json").exists():
+        ckpt = real_46_checkpoint(work, log)
+        log(f"converting {ckpt} -> {out}")
+        res = convert(ckpt, out)
+        _real_tokens_only(Path(res.text_path))
+    m = Manifest.load(out)
+    text, mmproj = Path(m.path_of(out, "text")), Path(m.path_of(out, "mmproj"))
+    if quant:
+        q = out / f"text-{quant}.gguf"
+        if not q.exists():
+            log(f"quantizing the text model to {quant}")
+            from minicpmv_edge.quantize.llama import quantize_text
+
+            quantize_text(text, q, quant)
+        text = q
+    return text, mmproj
+
+
+def fixture_pair(work: Path, family: str) -> tuple[Path, Path]:
+    from minicpmv_edge.convert import convert
+    from minicpmv_edge.fixtures import make_checkpoint
+    from minicpmv_edge.manifest import Manifest
+
+    out = work / f"out-{family}"
     if not (out / "manifest.json").is_file():
-        from minicpmv_edge.convert import convert
-        from minicpmv_edge.fixtures import make_checkpoint
-
-        convert(make_checkpoint(family, CACHE / "bench-server" / f"ckpt-{family}", seed=0), out, outtype="f16")
-    return out
+        convert(make_checkpoint(family, work / f"ckpt-{family}", seed=0), out, outtype="f16")
+    m = Manifest.load(out)
+    return Path(m.path_of(out, "text")), Path(m.path_of(out, "mmproj"))
 
 
+def folder_pair(folder: Path, work: Path, quant: str | None) -> tuple[Path, Path]:
+    from minicpmv_edge.manifest import Manifest
+
+    m = Manifest.load(folder)
+    text, mmproj = Path(m.path_of(folder, "text")), Path(m.path_of(folder, "mmproj"))
+    if quant:
+        q = work / f"{text.stem}-{quant}.gguf"
+        if not q.exists():
+            from minicpmv_edge.quantize.llama import quantize_text
+
+            quantize_text(text, q, quant)
+        text = q
+    return text, mmproj
+
+
+# --- the load ------------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 900) -> None:
     import httpx
 
     t0 = time.monotonic()
@@ -72,45 +186,53 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> Non
         if proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}")
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.5)
     raise SystemExit(f"{url} not healthy after {timeout:.0f} s")
 
 
-def _image_uri(size: int) -> str:
+def image_uri(seed: int, size: int) -> str:
     import numpy as np
     from PIL import Image
 
-    rgb = np.random.default_rng(0).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    rgb = np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def run_level(url: str, body: dict, clients: int, total: int) -> dict:
+def body(seed: int, args) -> dict:
+    return {"model": "bench", "max_tokens": args.max_tokens, "temperature": 0, "repeat_penalty": 1.0, "seed": 0,
+            "ignore_eos": True, "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": image_uri(seed, args.image_size)}},
+                {"type": "text", "text": QUESTION}]}]}
+
+
+def run_level(url: str, bodies: list[dict], clients: int) -> dict:
     import httpx
 
     lat: list[float] = []
     toks: list[int] = []
-    errors = [0]
+    errors: list[str] = []
     lock = threading.Lock()
-    counter = iter(range(total))
+    todo = iter(bodies)
 
     def client():
-        with httpx.Client(timeout=600) as hc:
+        with httpx.Client(timeout=3600) as hc:
             while True:
                 with lock:
-                    if next(counter, None) is None:
-                        return
+                    b = next(todo, None)
+                if b is None:
+                    return
                 t0 = time.perf_counter()
-                r = hc.post(url + "/v1/chat/completions", json=body)
+                r = hc.post(url + "/v1/chat/completions", json=b)
                 dt = time.perf_counter() - t0
                 with lock:
                     if r.status_code != 200:
-                        errors[0] += 1
+                        errors.append(f"{r.status_code} {r.text[:200]}")
                         continue
                     lat.append(dt)
                     toks.append(r.json()["usage"]["completion_tokens"])
@@ -123,87 +245,116 @@ def run_level(url: str, body: dict, clients: int, total: int) -> dict:
         t.join()
     wall = time.perf_counter() - t0
     lat.sort()
-    q = lambda p: lat[min(len(lat) - 1, int(round(p * (len(lat) - 1))))] * 1e3 if lat else float("nan")  # noqa: E731
-    return {"clients": clients, "requests": len(lat), "errors": errors[0], "wall_s": round(wall, 3),
-            "req_s": round(len(lat) / wall, 2), "p50_ms": round(q(0.50), 1), "p95_ms": round(q(0.95), 1),
-            "completion_tokens_mean": round(statistics.mean(toks), 1) if toks else 0}
+    q = lambda p: lat[min(len(lat) - 1, int(round(p * (len(lat) - 1))))] if lat else float("nan")  # noqa: E731
+    return {"clients": clients, "requests": len(lat), "errors": len(errors), "wall_s": round(wall, 2),
+            "tok_s": round(sum(toks) / wall, 2), "req_s": round(len(lat) / wall, 3), "p50_s": round(q(0.5), 2),
+            "p95_s": round(q(0.95), 2), "completion_tokens_mean": round(statistics.mean(toks), 1) if toks else 0,
+            "error_sample": errors[:1], "loadavg_1m": loadavg()}
 
 
-def bench_server(name: str, cmd: list[str], url: str, body: dict, levels: list[int], total: int) -> list[dict]:
+def bench_server(name: str, cmd: list[str], url: str, args, log) -> list[dict]:
     import httpx
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_file = open(Path(args.work) / f"{name.replace(' ', '_')}.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(url, proc)
-        for _ in range(2):  # warm-up: graph allocation, image embedding / prompt cache
-            r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
-            r.raise_for_status()
+        httpx.post(url + "/v1/chat/completions", json=body(10**6, args), timeout=3600).raise_for_status()  # warm-up
         rows = []
-        for c in levels:
-            row = {"server": name, **run_level(url, body, c, total)}
-            print(json.dumps(row), flush=True)
+        for c in args.levels:
+            # each level its own images (seeded by level and request), the same for every server
+            bodies = [body(1000 * c + i, args) for i in range(args.requests)]
+            row = {"server": name, **run_level(url, bodies, c)}
+            log(json.dumps(row))
             rows.append(row)
         return rows
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log_file.close()
+
+
+def side_by_side(rows: list[dict], ours: list[int], theirs: list[int], levels: list[int]) -> str:
+    by = {(r["server"], r["clients"]): r for r in rows}
+    out = ["| clients | slots | ours tok/s | llama-server tok/s | ratio | ours p50 s | llama p50 s | ours p95 s "
+           "| llama p95 s | p95 ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in sorted(set(ours) & set(theirs)):
+        for c in levels:
+            a, b = by.get((f"minicpmv-edge --parallel {n}", c)), by.get((f"llama-server -np {n}", c))
+            if not a or not b:
+                continue
+            ratio = a["tok_s"] / b["tok_s"] if b["tok_s"] else float("nan")
+            p95 = a["p95_s"] / b["p95_s"] if b["p95_s"] else float("nan")
+            out.append(f"| {c} | {n} | {a['tok_s']} | {b['tok_s']} | {ratio:.2f} | {a['p50_s']} | {b['p50_s']} "
+                       f"| {a['p95_s']} | {b['p95_s']} | {p95:.2f} |")
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folder", type=Path, help="converted folder (default: the tiny 4.5 fixture, built once)")
-    ap.add_argument("--family", default="minicpmv-4.5")
+    ap.add_argument("--folder", type=Path, help="a converted folder (default: the real-shape 4.6, built once)")
+    ap.add_argument("--fixture", metavar="FAMILY", help="a tiny test fixture instead (e.g. minicpmv-4.5)")
+    ap.add_argument("--quant", default="Q4_K_M", help="quantize the text model first ('none': as it is)")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "minicpmv-bench"))
     ap.add_argument("--llama-server", type=Path, help="llama-server binary (default: built by bench/llama_tools.py)")
-    ap.add_argument("--build-llama-server", action="store_true", help="build it from the sdist when missing")
-    ap.add_argument("--llama-parallel", default="1,4", help="llama-server -np values to run (comma list)")
+    ap.add_argument("--parallel", default="4,8", help="our --parallel values (comma list)")
+    ap.add_argument("--llama-parallel", default="4,8", help="llama-server -np values (comma list)")
     ap.add_argument("--levels", default="1,4,8", help="concurrent clients")
-    ap.add_argument("--requests", type=int, default=24, help="requests per level")
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=8, help="requests per level (each with its own image)")
+    ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--image-size", type=int, default=448)
-    ap.add_argument("-t", "--threads", type=int, default=1,
-                    help="threads per server (default 1: a tiny model gains nothing from more, and on a busy "
-                         "machine ggml's spinning barriers make 2 threads far slower)")
+    ap.add_argument("--ctx", type=int, default=4096, help="context per slot, both servers")
+    ap.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 2, help="threads per server")
     ap.add_argument("--json", type=Path, help="also write all rows here")
     args = ap.parse_args(argv)
-
-    folder = args.folder or fixture_folder(args.family)
-    from minicpmv_edge.manifest import Manifest
-
-    m = Manifest.load(folder)
-    text, mmproj = m.path_of(folder, "text"), m.path_of(folder, "mmproj")
-    levels = [int(x) for x in args.levels.split(",")]
-    body = {"model": "bench", "max_tokens": args.max_tokens, "temperature": 0, "repeat_penalty": 1.0, "seed": 0,
-            "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": _image_uri(args.image_size)}},
-                {"type": "text", "text": "Describe this image in detail."}]}]}
-    print(json.dumps({"machine": machine_description(), "loadavg_1m": loadavg(), "text": str(text), "mmproj": str(mmproj),
-                      "max_tokens": args.max_tokens, "requests_per_level": args.requests,
-                      "image": f"{args.image_size}x{args.image_size} PNG data URI", "threads": args.threads}))
-    rows = []
-    port = _free_port()
-    rows += bench_server("minicpmv-edge serve", [sys.executable, "-m", "minicpmv_edge", "serve", str(folder),
-                                                 "--port", str(port), "--model-name", "bench", "-t",
-                                                 str(args.threads), "--max-queue", "64"],
-                         f"http://127.0.0.1:{port}", body, levels, args.requests)
-    exe = args.llama_server or build_llama_server()
-    if not Path(exe).is_file():
-        print(f"llama-server not found at {exe}: pass --build-llama-server", file=sys.stderr)
+    args.levels = [int(x) for x in args.levels.split(",")]
+    quant = None if args.quant.lower() == "none" else args.quant
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.folder:
+        text, mmproj = folder_pair(args.folder, work, quant)
+    elif args.fixture:
+        text, mmproj = fixture_pair(work, args.fixture)
     else:
-        for np_ in [int(x) for x in args.llama_parallel.split(",")]:
+        text, mmproj = real_46_pair(work, quant, log)
+    import llama_tools  # bench/llama_tools.py: the one place llama.cpp's tools are built
+
+    exe = args.llama_server or llama_tools.build(["llama-server"])["llama-server"]
+    from minicpmv_edge.edge_runtime.engine import cpu_has_amx
+
+    # llama.cpp's weight repacking crashes on this AMX CPU; our runtime turns it off there, so the anchor too
+    no_repack = ["--no-repack"] if cpu_has_amx() else []
+    log(json.dumps({"machine": machine_description(), "loadavg_1m": loadavg(), "text": str(text),
+                    "mmproj": str(mmproj), "max_tokens": args.max_tokens, "requests_per_level": args.requests,
+                    "image": f"{args.image_size}x{args.image_size} PNG, one per request", "threads": args.threads,
+                    "ctx_per_slot": args.ctx}))
+    rows: list[dict] = []
+    ours = [int(x) for x in args.parallel.split(",") if x]
+    theirs = [int(x) for x in args.llama_parallel.split(",") if x]
+    for n in sorted(set(ours) | set(theirs)):  # ours and theirs at each slot count, back to back
+        if n in ours:
             port = _free_port()
-            rows += bench_server(f"llama-server -np {np_}", [str(exe), "-m", str(text), "--mmproj", str(mmproj),
-                                                            "--host", "127.0.0.1", "--port", str(port),
-                                                            "-t", str(args.threads), "-c", str(4096 * np_),
-                                                            "-np", str(np_), "--no-webui"],
-                                 f"http://127.0.0.1:{port}", body, levels, args.requests)
-    print("\n| server | clients | req/s | p50 ms | p95 ms | completion tok (mean) | errors |")
-    print("|---|---|---|---|---|---|---|")
+            rows += bench_server(f"minicpmv-edge --parallel {n}", [
+                sys.executable, "-m", "minicpmv_edge", "serve", "-m", str(text), "--mmproj", str(mmproj),
+                "--port", str(port), "--model-name",
+                "bench", "-t", str(args.threads), "-c", str(args.ctx), "--parallel", str(n), "--max-queue", "64",
+                "--max-tokens-limit", str(max(4096, args.max_tokens))], f"http://127.0.0.1:{port}", args, log)
+        if n in theirs:
+            port = _free_port()
+            rows += bench_server(f"llama-server -np {n}", [
+                str(exe), "-m", str(text), "--mmproj", str(mmproj), "--host", "127.0.0.1", "--port", str(port),
+                "-t", str(args.threads), "-c", str(args.ctx * n), "-np", str(n), "--no-webui", *no_repack],
+                f"http://127.0.0.1:{port}", args, log)
+    print("\n| server | clients | completion tok/s | req/s | p50 s | p95 s | tokens (mean) | errors | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['server']} | {r['clients']} | {r['req_s']} | {r['p50_ms']} | {r['p95_ms']} "
-              f"| {r['completion_tokens_mean']} | {r['errors']} |")
+        print(f"| {r['server']} | {r['clients']} | {r['tok_s']} | {r['req_s']} | {r['p50_s']} | {r['p95_s']} "
+              f"| {r['completion_tokens_mean']} | {r['errors']} | {r['loadavg_1m']} |")
+    print("\n" + side_by_side(rows, ours, theirs, args.levels))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -12,8 +12,8 @@ Each slot answers with the single-conversation code of MiniCPMV.chat (prompts, i
 thinking, tools, grammars, sampling, logprobs: every argument means the same), on its own sequence
 of a shared llama.cpp context; slots.py batches the slots' generated tokens into one llama_decode
 per step. A request waits in a queue until a slot is free, then takes the free slot whose last
-conversation shares the longest start with it, so a follow-up question reuses that slot's KV cache
-(and a recurrent model's snapshot) as a lone MiniCPMV would. `MiniCPMV.chat` itself stays one
+conversation it continues (see SlotPool._choose), so a follow-up question reuses that slot's KV
+cache (and a recurrent model's snapshot) as a lone MiniCPMV would. `MiniCPMV.chat` itself stays one
 conversation on its own context.
 """
 
@@ -318,7 +318,8 @@ class SlotPool:
         with self._cv:
             if self._closed:
                 raise InputError("the slot pool is closed")
-            if self.max_queue is not None and self._waiting() >= self.max_queue:
+            idle = sum(1 for x in self._slots if x.current is None and x.next is None)
+            if self.max_queue is not None and len(self._pending) >= self.max_queue + idle:
                 raise QueueFull(self._retry_after())
             self._pending.append(req)
             self._dispatch()
@@ -352,10 +353,22 @@ class SlotPool:
             if req.cancelled.is_set():
                 self._cancelled_before_start(req)
                 continue
-            best = max(idle, key=lambda s: (len(os.path.commonprefix([s.history, req.key])), not s.history,
-                                            -s.last_used))
+            best = self._choose(idle, req)
             best.next, req.slot = req, best.index
         self._cv.notify_all()
+
+    @staticmethod
+    def _choose(idle: list[_Slot], req: Request) -> _Slot:
+        """The slot whose conversation this request continues (it shares at least half of the slot's
+        history: a common system prompt alone does not take another user's slot), the longest match
+        first; else an empty slot; else the one unused longest."""
+        def shared(s: _Slot) -> int:
+            return len(os.path.commonprefix([s.history, req.key])) if s.history else 0
+
+        matches = [s for s in idle if s.history and shared(s) * 2 >= len(s.history)]
+        if matches:
+            return max(matches, key=shared)
+        return min(idle, key=lambda s: (bool(s.history), s.last_used))
 
     @staticmethod
     def _cancelled_before_start(req: Request) -> None:

@@ -92,7 +92,7 @@ class Scheduler:
         self._last_step = False
         self._stopped = False
         self.stats = SchedulerStats()
-        # (kind, seqs, start, end) of the last operations, when `trace` is set to a deque (tests)
+        # the operations run, in order, when `trace` is set to a deque (tests)
         self.trace: collections.deque | None = None
         self._aborting: threading.Event | None = None
         # set only around the calls that may be aborted: llama.cpp asks it at every graph node, and a
@@ -180,9 +180,9 @@ class Scheduler:
             else:
                 self._do_call(work[0])
                 self.stats.call_seconds += time.perf_counter() - t0
-            if self.trace is not None:
-                self.trace.append(("step" if self._last_step else "call", tuple(w.slot.seq for w in work),
-                                   t0, time.perf_counter()))
+            if self.trace is not None:  # steps: (sequence, position) of each token; calls: the sequence
+                self.trace.append(("step", tuple((w.slot.seq, w.pos) for w in work)) if self._last_step
+                                  else ("call", work[0].slot.seq))
             with self._cv:
                 for w in work:
                     w.done = True

@@ -154,7 +154,7 @@ class StreamOptions(_Req):
 
 
 class ChatCompletionRequest(_Req):
-    model: str
+    model: str = Field(description="any name: the server serves one model (GET /v1/models names it)")
     messages: list[Message] = Field(min_length=1)
     max_tokens: Optional[int] = Field(None, ge=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
