@@ -18,6 +18,7 @@ text quantized to Q4_K_M, the projector F16. Random weights do not change the co
     python bench/server.py                               # real-shape 4.6, Q4_K_M; builds what it needs
     python bench/server.py --parallel 4,8 --llama-parallel 4,8 --levels 1,4,8 --requests 8 --max-tokens 48
     python bench/server.py --folder out/v46 --quant none # a converted folder instead
+    python bench/server.py --text text-Q4_K_M.gguf --mmproj mmproj-f16.gguf   # a pair as it is
 """
 
 from __future__ import annotations
@@ -297,6 +298,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, help="a converted folder (default: the real-shape 4.6, built once)")
     ap.add_argument("--fixture", metavar="FAMILY", help="a tiny test fixture instead (e.g. minicpmv-4.5)")
+    ap.add_argument("--text", type=Path, help="a text GGUF as it is (with --mmproj; e.g. a real-shape pair built before)")
+    ap.add_argument("--mmproj", type=Path, help="the projector GGUF that goes with --text")
     ap.add_argument("--quant", default="Q4_K_M", help="quantize the text model first ('none': as it is)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "minicpmv-bench"))
     ap.add_argument("--llama-server", type=Path, help="llama-server binary (default: built by bench/llama_tools.py)")
@@ -315,7 +318,11 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    if args.folder:
+    if bool(args.text) != bool(args.mmproj):
+        ap.error("--text and --mmproj go together")
+    if args.text:
+        text, mmproj = args.text.resolve(), args.mmproj.resolve()
+    elif args.folder:
         text, mmproj = folder_pair(args.folder, work, quant)
     elif args.fixture:
         text, mmproj = fixture_pair(work, args.fixture)

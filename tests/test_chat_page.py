@@ -112,7 +112,9 @@ def test_upload_ask_and_watch_the_answer_stream(server, browser, tmp_path):
     d.find_element(*_by("#prompt")).send_keys("And the colours?")
     d.find_element(*_by("#send")).click()
     _wait(d, lambda d: len(_answers(d)) == 2 and _answers(d)[1].find_element(*_by(".stats")).text, 120, "answer 2")
-    assert int(_answers(d)[1].find_element(*_by(".stats")).text.split()[0]) > n_prompt + n_out
+    # (the answer's text is tokenized again as the assistant turn: the tiny model's byte soup merges
+    # into fewer tokens than were generated, so half of them is the bound)
+    assert int(_answers(d)[1].find_element(*_by(".stats")).text.split()[0]) > n_prompt + n_out // 2 + 4
     d.find_element(*_by("#new-chat")).click()
     assert not d.find_elements(*_by(".msg"))
 

@@ -83,7 +83,8 @@ def _metrics(s: Server) -> dict:
     out = {}
     for fam in text_string_to_metric_families(r.text):
         for sample in fam.samples:
-            key = sample.name + "".join(f"{{{k}={v}}}" for k, v in sorted(sample.labels.items()))
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            key = sample.name + (f"{{{labels}}}" if labels else "")
             out[key] = sample.value
     return out
 
@@ -138,6 +139,9 @@ def test_any_model_name_reaches_the_one_model(par):
     assert via_sdk.choices[0].message.content == r.json()["choices"][0]["message"]["content"]
     assert [m.id for m in par.client().models.list().data] == [MODEL]
     err(httpx.get(par.url + "/v1/models/gpt-4o"), 404, "model_not_found")
+    applied = [httpx.post(par.url + "/apply-template", json={"model": name, "messages": [user("Hello")]}, timeout=60)
+               for name in ("gpt-4o", MODEL)]
+    assert [a.status_code for a in applied] == [200, 200] and applied[0].json() == applied[1].json()
 
 
 def test_props_describe_the_served_model(par, folder):

@@ -187,9 +187,7 @@ def _ready(state, config, body):
     if state.status != "ok":
         raise ApiError(503, "the model is still loading" if state.status == "loading" else "the model failed to load",
                        "server_error", code="model_loading", headers={"Retry-After": "2"})
-    if body.model != config.model_id:
-        raise _unknown_model(body.model, config.model_id)
-    return state.model
+    return state.model  # any `model` name: one model is served (as in /v1/chat/completions)
 
 
 def _unknown_model(name: str, served: str) -> ApiError:
