@@ -217,6 +217,7 @@ def run_level(url: str, bodies: list[dict], clients: int) -> dict:
 
     lat: list[float] = []
     toks: list[int] = []
+    prompts: list[int] = []
     errors: list[str] = []
     lock = threading.Lock()
     todo = iter(bodies)
@@ -237,6 +238,7 @@ def run_level(url: str, bodies: list[dict], clients: int) -> dict:
                         continue
                     lat.append(dt)
                     toks.append(r.json()["usage"]["completion_tokens"])
+                    prompts.append(r.json()["usage"]["prompt_tokens"])
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -250,6 +252,7 @@ def run_level(url: str, bodies: list[dict], clients: int) -> dict:
     return {"clients": clients, "requests": len(lat), "errors": len(errors), "wall_s": round(wall, 2),
             "tok_s": round(sum(toks) / wall, 2), "req_s": round(len(lat) / wall, 3), "p50_s": round(q(0.5), 2),
             "p95_s": round(q(0.95), 2), "completion_tokens_mean": round(statistics.mean(toks), 1) if toks else 0,
+            "prompt_tokens_mean": round(statistics.mean(prompts), 1) if prompts else 0,
             "error_sample": errors[:1], "loadavg_1m": loadavg()}
 
 
@@ -356,11 +359,12 @@ def main(argv=None) -> int:
                 str(exe), "-m", str(text), "--mmproj", str(mmproj), "--host", "127.0.0.1", "--port", str(port),
                 "-t", str(args.threads), "-c", str(args.ctx * n), "-np", str(n), "--no-webui", *no_repack],
                 f"http://127.0.0.1:{port}", args, log)
-    print("\n| server | clients | completion tok/s | req/s | p50 s | p95 s | tokens (mean) | errors | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| server | clients | completion tok/s | req/s | p50 s | p95 s | prompt tokens | tokens (mean) | errors "
+          "| load |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['server']} | {r['clients']} | {r['tok_s']} | {r['req_s']} | {r['p50_s']} | {r['p95_s']} "
-              f"| {r['completion_tokens_mean']} | {r['errors']} | {r['loadavg_1m']} |")
+              f"| {r['prompt_tokens_mean']} | {r['completion_tokens_mean']} | {r['errors']} | {r['loadavg_1m']} |")
     print("\n" + side_by_side(rows, ours, theirs, args.levels))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

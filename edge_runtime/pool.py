@@ -360,12 +360,13 @@ class SlotPool:
     @staticmethod
     def _choose(idle: list[_Slot], req: Request) -> _Slot:
         """The slot whose conversation this request continues (it shares at least half of the slot's
-        history: a common system prompt alone does not take another user's slot), the longest match
-        first; else an empty slot; else the one unused longest."""
+        history: a common system prompt alone does not take another user's slot) or repeats (the
+        whole request is the start of the slot's history: a regenerate), the longest match first;
+        else an empty slot; else the one unused longest."""
         def shared(s: _Slot) -> int:
             return len(os.path.commonprefix([s.history, req.key])) if s.history else 0
 
-        matches = [s for s in idle if s.history and shared(s) * 2 >= len(s.history)]
+        matches = [s for s in idle if s.history and (shared(s) * 2 >= len(s.history) or shared(s) == len(req.key))]
         if matches:
             return max(matches, key=shared)
         return min(idle, key=lambda s: (bool(s.history), s.last_used))

@@ -154,24 +154,35 @@ def test_health_reports_a_corrupt_cache(store):
     model.close()
 
 
-class _BlockingAbort(NodeAbort):
-    """At node `at`: report it, then wait for a real cancel() (the server's disconnect path) and abort."""
+class _BlockingChunk:
+    """In the server's slot pool: the first prompt chunk waits until its slot is cancelled (the
+    server's disconnect path), then runs with the slot's abort flag set, so llama.cpp aborts it."""
 
-    def __init__(self, model: MiniCPMV, at: int):
-        import llama_cpp as L
+    def __init__(self, pool):
+        self.sched = pool.shared.scheduler
+        self.reached, self.released = threading.Event(), threading.Event()
+        self.slot, self.aborted = None, False
 
-        self.L, self.ctx, self.calls = L, model._ctx, 0
-        self.reached = threading.Event()
-        flag = self.ctx._abort
+    def __enter__(self):
+        from minicpmv_edge.errors import Cancelled
 
-        def cb(_user):
-            self.calls += 1
-            if self.calls == at:
-                self.reached.set()
-                flag.wait(30)  # set by MiniCPMV.cancel() when the server sees the client go
-            return flag.is_set()
+        orig = self._orig = self.sched._do_call
 
-        self._cb = L.ggml_abort_callback(cb)
+        def do_call(call):
+            if not call.abortable or self.reached.is_set():
+                return orig(call)
+            self.slot = call.slot
+            self.reached.set()
+            if call.slot._abort.wait(30):
+                self.released.set()
+            orig(call)
+            self.aborted = isinstance(call.error, Cancelled)
+
+        self.sched._do_call = do_call
+        return self
+
+    def __exit__(self, *exc):
+        self.sched._do_call = self._orig
 
 
 @pytest.fixture()
@@ -193,8 +204,8 @@ def live_server(store):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(ServerConfig(model_id="v45"), load), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    app = create_app(ServerConfig(model_id="v45", parallel=2, n_ctx=4096), load)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -206,7 +217,7 @@ def live_server(store):
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    yield url, port, holder["model"], res
+    yield url, port, holder["model"], res, app.state.server.worker.pool
     server.should_exit = True
     thread.join(timeout=15)
 
@@ -217,19 +228,18 @@ def test_server_survives_a_client_that_leaves_during_prefill(live_server):
 
     import httpx
 
-    url, port, model, res = live_server
+    url, port, model, res, pool = live_server
     body = {"model": "v45", "messages": [{"role": "user", "content": LONG * 3}], "max_tokens": 4, "temperature": 0}
     raw = json.dumps(body).encode()
-    with _BlockingAbort(model, 60) as hook:
+    with _BlockingChunk(pool) as hook:
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw)
         assert hook.reached.wait(60), "the request never reached prefill"
         sock.close()  # the client leaves while its prompt is being prefilled
-        deadline = time.monotonic() + 30
-        while not model._ctx._abort.is_set() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert model._ctx._abort.is_set(), "the server did not cancel the abandoned request"
+        assert hook.released.wait(30), "the server did not cancel the abandoned request"
+        assert hook.slot._abort.is_set()
+    assert hook.aborted, "the prompt chunk was not aborted inside llama_decode"
     h = httpx.get(url + "/health", timeout=10)
     assert h.status_code == 200 and h.json() == {"status": "ok"}, h.text
     r = httpx.post(url + "/v1/chat/completions", json=body, timeout=120)
@@ -244,14 +254,20 @@ def test_server_survives_a_client_that_leaves_during_prefill(live_server):
 def test_health_tells_the_truth(live_server):
     import httpx
 
-    url, _, model, _ = live_server
+    url, _, model, _, pool = live_server
     body = {"model": "v45", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2, "temperature": 0}
-    assert httpx.post(url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
-    with model._lock:  # as a worker would: llama.cpp gets tokens the session never recorded
-        model._ctx.decode(model.model.tokenize(" stray"))
+    first = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+    assert first.status_code == 200
+    # the slot that served it (the only one holding a conversation) gets tokens its session never recorded
+    served = [s for s in pool._slots if s.history]
+    assert len(served) == 1
+    served[0].ctx.decode(model.model.tokenize(" stray"))
     h = httpx.get(url + "/health", timeout=10)
     assert h.status_code == 503 and h.json()["status"] == "error" and "session recorded" in h.json()["detail"]
-    assert httpx.post(url + "/v1/chat/completions", json=body, timeout=60).status_code == 200  # heals itself
+    # the conversation's next turn goes to that slot, whose session finds and repairs the difference
+    follow = {**body, "messages": body["messages"] + [first.json()["choices"][0]["message"],
+                                                      {"role": "user", "content": "Again"}]}
+    assert httpx.post(url + "/v1/chat/completions", json=follow, timeout=60).status_code == 200  # heals itself
     assert httpx.get(url + "/health", timeout=10).json() == {"status": "ok"}
 
 

@@ -115,6 +115,10 @@ def test_follow_up_takes_its_slot_and_reuses_the_cache(model):
             assert after[second.slot].state_restores > before[second.slot].state_restores
             assert slot_ctx.n_state_saves == 0
         assert pool.health() is None
+        # the first question again (a regenerate) goes back to that slot too, and answers as the first time
+        again = pool.submit(q1, **{**GREEDY, **kw})
+        assert_same_answer(r1, again.result(timeout=300))
+        assert again.slot == first.slot and pool.health() is None
     model.reset()
     model.chat(q1, **{**GREEDY, **kw})
     lone2 = model.chat(q2, **{**GREEDY, **kw})  # the same two turns alone (the second on the first's cache)
