@@ -263,7 +263,12 @@ def bench_server(name: str, cmd: list[str], url: str, args, log) -> list[dict]:
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(url, proc)
-        httpx.post(url + "/v1/chat/completions", json=body(10**6, args), timeout=3600).raise_for_status()  # warm-up
+        # warm-up: one short request (its own image unless --text-warmup: on a crowded machine an image
+        # encode of the real-size vision tower takes minutes; both servers are warmed alike)
+        warm = body(10**6, args)
+        if args.text_warmup:
+            warm = {**warm, "max_tokens": 4, "messages": [{"role": "user", "content": QUESTION}]}
+        httpx.post(url + "/v1/chat/completions", json=warm, timeout=3600).raise_for_status()
         rows = []
         for c in args.levels:
             # each level its own images (seeded by level and request), the same for every server
@@ -314,6 +319,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=448)
     ap.add_argument("--ctx", type=int, default=4096, help="context per slot, both servers")
     ap.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 2, help="threads per server")
+    ap.add_argument("--text-warmup", action="store_true", help="warm each server up with a text-only request")
     ap.add_argument("--json", type=Path, help="also write all rows here")
     args = ap.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
@@ -352,7 +358,8 @@ def main(argv=None) -> int:
                 sys.executable, "-m", "minicpmv_edge", "serve", "-m", str(text), "--mmproj", str(mmproj),
                 "--port", str(port), "--model-name",
                 "bench", "-t", str(args.threads), "-c", str(args.ctx), "--parallel", str(n), "--max-queue", "64",
-                "--max-tokens-limit", str(max(4096, args.max_tokens))], f"http://127.0.0.1:{port}", args, log)
+                "--max-tokens-limit", str(max(4096, args.max_tokens)),
+                "--request-timeout", "36000"], f"http://127.0.0.1:{port}", args, log)
         if n in theirs:
             port = _free_port()
             rows += bench_server(f"llama-server -np {n}", [

@@ -280,7 +280,7 @@ class SlotPool:
             raise InputError(f"max_queue must be a request count >= 0, got {max_queue!r}")
         self.model, self.n_ctx, self.max_queue = model, n_ctx, max_queue
         threads = model.options.n_threads or physical_cores()
-        self.shared = SharedContext(model.model, slots, n_ctx, model.options.n_batch, threads)
+        self.shared = SharedContext(self._text_model(model, slots), slots, n_ctx, model.options.n_batch, threads)
         video_lock = threading.Lock()
         self._slots = []
         for k in range(slots):
@@ -296,6 +296,23 @@ class SlotPool:
         self._threads.append(threading.Thread(target=self._watch, name="slot-watchdog", daemon=True))
         for t in self._threads:
             t.start()
+
+    def _text_model(self, model: MiniCPMV, slots: int):
+        """The text model the slots decode with: the loaded one, except for a recurrent model (4.6,
+        4.7, OCR) whose weights llama.cpp repacked: at llama.cpp 0c1e570 a step of several
+        sequences through repacked weights gives wrong logits for that architecture (measured on the
+        4.6 fixture: other tokens at a clear margin from the second generated token on; one sequence
+        at a time is right), so the pool loads its own copy of the weights without repacking."""
+        text = model.model
+        self._own_model = None
+        if slots > 1 and not text.can_truncate and text.params.use_extra_bufts:
+            from .engine import Model
+
+            log.info("slot pool: loading the recurrent text model again without weight repacking "
+                     "(batches of several sequences need it)")
+            text = self._own_model = Model(text.path, n_gpu_layers=model.options.n_gpu_layers,
+                                           use_mmap=model.options.use_mmap, extra_buffers=False)
+        return text
 
     @property
     def slots(self) -> int:
@@ -514,6 +531,8 @@ class SlotPool:
         for t in self._threads:
             t.join(timeout=30)
         self.shared.close()
+        if self._own_model is not None:
+            self._own_model.close()
 
     def __enter__(self) -> "SlotPool":
         return self
