@@ -2,7 +2,8 @@
 
 Builds mobile_bridge/ with cmake (cached under ~/.cache/minicpmv-edge, incremental),
 then: the C test program (plain and under ASan+UBSan), ctypes, the JVM test (JNI)
-and the Node test (NAPI); prompt bytes vs the chat template: test_bridge_prompt.py.
+and the Node test (NAPI); prompt bytes of prefilled conversations (videos included) vs the chat
+template's jinja rendering; the add_* path's: test_bridge_prompt.py.
 """
 
 from __future__ import annotations

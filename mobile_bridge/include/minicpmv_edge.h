@@ -295,7 +295,9 @@ MCV_API int mcv_session_set_encoder(mcv_session *session, mcv_encode_fn fn, void
  *   stop button      -> mcv_session_cancel()   (any thread; also stops a prefill between chunks)
  *
  * Every prefill call evaluates everything pending (earlier add_text parts included) into the
- * KV cache before it returns, so the next generate evaluates only what was added after it:
+ * KV cache before it returns, except what closing the turn may still rewrite as the chat
+ * template does (trailing whitespace its |trim drops; an assistant answer given as text, whose
+ * history form it writes), so the next generate evaluates only what was added after it:
  * mcv_stats.n_prefill_tokens of that reply counts the question's tokens (plus the turn's closing
  * and the assistant prefix), and n_encoded_chunks does not move. The prompt bytes are the same as
  * for the add_* calls (and as edge_runtime.prompt renders the conversation); text is tokenized
@@ -318,15 +320,15 @@ typedef struct mcv_image_params {
                              llama.cpp 0c1e570 slices at most 9 per image). */
     int64_t max_pixels;   /* this image's pixel cap (downscaled above it); <= 0: the model's image_max_pixels */
     int32_t video_frame;  /* 0: an image (default). 1: a video frame (as mcv_session_prefill_video_frame):
-                             not counted in n_images; it continues the video when the open user
-                             turn's last part is a frame, else starts one. 2: a frame that starts
-                             a new video even right after another video's frames. */
+                             not counted in n_images; it continues the video when nothing was
+                             added since the previous frame, else starts one. 2: a frame that
+                             starts a new video even right after another video's frames. */
 } mcv_image_params;
 
 MCV_API void mcv_image_params_init(mcv_image_params *params); /* fills struct_size + defaults */
 
 /* Adds `utf8` as a part of a `role` turn (as mcv_session_add_text) and evaluates everything
- * pending now. */
+ * pending now (but what closing the turn may rewrite, see above). */
 MCV_API int mcv_session_prefill_text(mcv_session *session, mcv_role role, const char *utf8);
 
 /* Adds an image to the open user turn (one is opened if needed) and encodes it into the KV
@@ -341,10 +343,11 @@ MCV_API int mcv_session_prefill_image_rgb(mcv_session *session, const uint8_t *r
 
 /* One decoded video frame (RGB888, e.g. from MediaCodec / AVFoundation at 1 fps), with the
  * GGUF's video slice budget (1: unsliced). Consecutive frames of a user turn are one video,
- * written as edge_runtime's video parts are: with a minicpmv4_6 projector (4.6, OCR) back to
- * back behind one <image_id> per video (numbered per conversation, apart from the images'; the
- * processor's replace_video_token); with the others joined by the content separator, without
- * ids (the model cards' video recipe). mcv_image_params.video_frame = 2 starts a new video. */
+ * written as edge_runtime/prompt.py writes video parts: where the template has one placeholder
+ * per video (minicpmv_edge.prompt.video_placeholder: 4.6, 4.7, OCR) the frames back to back,
+ * behind an <image_id> per video only when minicpmv_edge.video.use_image_id is true (numbered
+ * apart from the images'); elsewhere each frame like an image part without an id (the model
+ * cards' video recipe). mcv_image_params.video_frame = 2 starts a new video. */
 MCV_API int mcv_session_prefill_video_frame(mcv_session *session, const uint8_t *rgb, int32_t width,
                                             int32_t height, int32_t stride);
 
