@@ -206,10 +206,13 @@ def image_uri(seed: int, size: int) -> str:
 
 
 def body(seed: int, args) -> dict:
+    if args.no_image:  # decode-bound: a different short question per request, no image to encode
+        content = f"Request {seed}: {QUESTION.replace('this image', 'a harbour at dawn')}"
+    else:
+        content = [{"type": "image_url", "image_url": {"url": image_uri(seed, args.image_size)}},
+                   {"type": "text", "text": QUESTION}]
     return {"model": "bench", "max_tokens": args.max_tokens, "temperature": 0, "repeat_penalty": 1.0, "seed": 0,
-            "ignore_eos": True, "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": image_uri(seed, args.image_size)}},
-                {"type": "text", "text": QUESTION}]}]}
+            "ignore_eos": True, "messages": [{"role": "user", "content": content}]}
 
 
 def run_level(url: str, bodies: list[dict], clients: int) -> dict:
@@ -319,6 +322,8 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=448)
     ap.add_argument("--ctx", type=int, default=4096, help="context per slot, both servers")
     ap.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 2, help="threads per server")
+    ap.add_argument("--no-image", action="store_true",
+                    help="text-only requests (different questions): the decode side of serving, no encodes")
     ap.add_argument("--text-warmup", action="store_true", help="warm each server up with a text-only request")
     ap.add_argument("--json", type=Path, help="also write all rows here")
     args = ap.parse_args(argv)
@@ -346,7 +351,7 @@ def main(argv=None) -> int:
     no_repack = ["--no-repack"] if cpu_has_amx() else []
     log(json.dumps({"machine": machine_description(), "loadavg_1m": loadavg(), "text": str(text),
                     "mmproj": str(mmproj), "max_tokens": args.max_tokens, "requests_per_level": args.requests,
-                    "image": f"{args.image_size}x{args.image_size} PNG, one per request", "threads": args.threads,
+                    "image": "none" if args.no_image else f"{args.image_size}x{args.image_size} PNG, one per request", "threads": args.threads,
                     "ctx_per_slot": args.ctx}))
     rows: list[dict] = []
     ours = [int(x) for x in args.parallel.split(",") if x]
