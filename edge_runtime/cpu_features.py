@@ -61,10 +61,12 @@ def _machine_key() -> str:
 
 
 def _weights_kind(model_path) -> str:
+    """The set of tensor types the file holds: AMX has one kernel per type, and general.file_type does not
+    say what is inside (an F16-labelled file with GPTQ weights repacked to Q4_0 crashed after an F16 probe)."""
     try:
         from minicpmv_edge.gguf_info import read_info
 
-        return str(read_info(model_path, tensors=False).kv.get("general.file_type", "?"))
+        return "t" + "-".join(str(t) for t in sorted({x.ggml_type for x in read_info(model_path).tensors}))
     except Exception:  # noqa: BLE001 - the loader reports a bad file; here it only keys the verdict
         return "?"
 
