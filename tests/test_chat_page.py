@@ -136,29 +136,41 @@ def test_thinking_is_shown_collapsed(server, browser):
     d.find_element(*_by("#thinking")).click()
 
 
+def _stopped_mid_answer(d, server) -> bool:
+    """Ask for a long answer, press Stop once tokens show; True when the page stopped it and the server
+    saw the client leave (False: the random model ended its answer before the click landed)."""
+    before = server.log_path.read_text().count("client disconnected")
+    d.find_element(*_by("#prompt")).send_keys("Write a very long story.")
+    d.find_element(*_by("#send")).click()
+    _wait(d, lambda d: len(_answers(d)[-1].find_element(*_by(".answer")).text) > 0, 120, "the first tokens")
+    d.find_element(*_by("#stop")).click()
+    _wait(d, lambda d: _answers(d)[-1].find_element(*_by(".stats")).text, 120, "the stats line")
+    stats = _answers(d)[-1].find_element(*_by(".stats")).text
+    if not stats.endswith("stopped"):  # the answer was complete before the click
+        assert stats.split(" · ")[-1] in ("stop", "length"), stats
+        return False
+    shown = _answers(d)[-1].find_element(*_by(".answer")).text
+    time.sleep(0.5)
+    assert _answers(d)[-1].find_element(*_by(".answer")).text == shown  # nothing arrives after Stop
+    deadline = time.monotonic() + 20
+    while server.log_path.read_text().count("client disconnected") == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return server.log_path.read_text().count("client disconnected") > before
+
+
 def test_stop_ends_a_generation(server, browser):
     d = browser
     _open(d, server)
     _set(d, "#max-tokens", "3000")
     _set(d, "#temperature", "1")
-    d.find_element(*_by("#prompt")).send_keys("Write a very long story.")
-    d.find_element(*_by("#send")).click()
-    _wait(d, lambda d: len(_answers(d)[-1].find_element(*_by(".answer")).text) > 0, 120, "the first tokens")
-    d.find_element(*_by("#stop")).click()
-    _wait(d, lambda d: _answers(d)[-1].find_element(*_by(".stats")).text, 30, "the stats line")
-    stats = _answers(d)[-1].find_element(*_by(".stats")).text
-    assert stats.endswith("stopped"), stats
-    shown = _answers(d)[-1].find_element(*_by(".answer")).text
-    time.sleep(0.5)
-    assert _answers(d)[-1].find_element(*_by(".answer")).text == shown  # nothing arrives after Stop
-    deadline = time.monotonic() + 10
-    while "client disconnected" not in server.log_path.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "client disconnected" in server.log_path.read_text()  # the slot was freed, not left running
+    # the slot was freed, not left running (a few tries: see _stopped_mid_answer)
+    assert any(_stopped_mid_answer(d, server) for _ in range(6))
+    n = len(_answers(d))
     _set(d, "#max-tokens", "8")
     d.find_element(*_by("#prompt")).send_keys("Short one.")
     d.find_element(*_by("#send")).click()
-    _wait(d, lambda d: len(_answers(d)) == 2 and _answers(d)[1].find_element(*_by(".stats")).text, 60, "answer 2")
+    _wait(d, lambda d: len(_answers(d)) == n + 1 and _answers(d)[n].find_element(*_by(".stats")).text, 120,
+          "the next answer")
     d.find_element(*_by("#new-chat")).click()
 
 
