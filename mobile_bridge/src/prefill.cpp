@@ -91,11 +91,10 @@ int prefill_rgb(mcv_session *s, const uint8_t *rgb, int32_t w, int32_t h, int32_
 
 int read_file(mcv_session *s, const char *path, std::vector<uint8_t> &bytes) {
     if (!path) return fail(&s->err, MCV_ERR_INVALID_ARG, "path is NULL");
-    std::ifstream f(path, std::ios::binary);
-    if (!f) return fail(&s->err, MCV_ERR_IO, std::string("cannot open image: ") + path);
-    bytes.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-    if (bytes.empty()) return fail(&s->err, MCV_ERR_IMAGE, std::string("image file is empty: ") + path);
-    return MCV_OK;
+    // image.cpp's checked reader: regular files only, size-capped (never /dev/zero or a FIFO)
+    std::string err;
+    const int rc = read_image_file(path, bytes, err);
+    return rc == MCV_OK ? MCV_OK : fail(&s->err, rc, err);
 }
 }  // namespace
 
