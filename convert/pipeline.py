@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from gguf import GGMLQuantizationType as Q
-from gguf import GGUFWriter
+from gguf import GGML_QUANT_VERSION, GGUFWriter
 
 from minicpmv_edge import __version__, schema, video_facts
 from minicpmv_edge import progress as bars
@@ -25,6 +25,7 @@ from minicpmv_edge.manifest import Manifest
 from . import families
 from .checkpoint_check import check_config, check_tokenizer_json
 from .dtypes import FILE_TYPE, parse_outtype
+from .generation_config import add_sampling, read_sampling
 from .safetensors_reader import Checkpoint
 from .writer import PlannedTensor, write_gguf
 
@@ -80,6 +81,7 @@ def convert(
         quant = parse_ftype(quant)  # unknown types fail before any work
         imatrix = load_imatrix(imatrix) if imatrix is not None else None
         require_imatrix(quant, imatrix)
+    sampling = read_sampling(src)  # bad generation_config.json fails before any work
     ckpt, int4 = _open_checkpoint(src, config)
     try:
         plan = fam().plan(src, ckpt, config, qtype)
@@ -106,7 +108,10 @@ def convert(
 
         def text_meta(w: GGUFWriter) -> None:
             w.add_name(f"MiniCPM-V {fam.model_version}")
+            w.add_type("model")
+            w.add_quantization_version(GGML_QUANT_VERSION)
             w.add_file_type(FILE_TYPE[qtype])
+            add_sampling(w, sampling)  # as llama.cpp's converter: in both files
             plan.add_text_metadata(w)
             _add_edge_keys(w, fam, src)
             replace(plan.facts, projector_type=plan.projector_type, projector_version=plan.projector_version).write(w)
@@ -114,7 +119,9 @@ def convert(
 
         def mm_meta(w: GGUFWriter) -> None:
             w.add_name(f"MiniCPM-V {fam.model_version} vision projector")
+            w.add_quantization_version(GGML_QUANT_VERSION)
             w.add_file_type(1 if mm_type == "f16" else 0)
+            add_sampling(w, sampling)
             plan.add_mmproj_metadata(w)
             _add_edge_keys(w, fam, src)
 

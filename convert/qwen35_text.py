@@ -148,7 +148,9 @@ def transform(local: str, arr: np.ndarray, hp: Qwen35HParams) -> np.ndarray:
         elif ".out_proj." in local:
             arr = reorder_v_heads(arr, 1, nk, r, hp.head_v_dim)
     if local.endswith(".A_log"):
-        arr = -np.exp(arr.astype(np.float32))
+        # exp in float64, rounded once to float32: what torch's float32 exp gives llama.cpp's
+        # converter (numpy's float32 exp is 1 ulp off on some values)
+        arr = -np.exp(arr.astype(np.float64)).astype(np.float32)
     elif ".conv1d." in local:
         arr = arr.reshape(arr.shape[0], -1)  # (C, 1, K) -> (C, K)
     elif local.endswith("norm.weight") and not local.endswith("linear_attn.norm.weight"):

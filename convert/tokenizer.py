@@ -1,34 +1,33 @@
-"""Source tokenizer (tokenizer.json, or tokenizer.model for SentencePiece) -> GGUF vocab.
+"""Source tokenizer (tokenizer.json, slow vocab.json + merges.txt, or tokenizer.model) -> GGUF vocab.
 
-gguf's SpecialVocab handles merges, special ids, add-bos/eos flags and the chat
-template. What it does not do, and llama.cpp's converter does, is written here:
-the token list and types, padding the vocab to the embedding rows (llama.cpp
-sizes token_embd as {n_embd, n_vocab}), and the pre-tokenizer name. llama.cpp
-picks that name by hashing a probe string's tokens; we read the split regex
-from tokenizer.json instead and match it against the regexes llama.cpp ships
-(src/llama-vocab.cpp), so an unknown tokenizer is refused, not mis-tokenized.
+gguf's SpecialVocab handles merges, add-bos/eos flags and the chat template.
+What it does not do, and llama.cpp's converter does, is written here: the token
+list and types, padding the vocab to the embedding rows (llama.cpp sizes
+token_embd as {n_embd, n_vocab}), and the pre-tokenizer name. llama.cpp picks
+that name by hashing a probe string's tokens; we read the split regex (or the
+slow files' tokenizer class) instead and match it against the regexes llama.cpp
+implements (src/llama-vocab.cpp), so an unknown tokenizer is refused, not
+mis-tokenized. The source's Unicode normalizer (NFC for the Qwen tokenizers),
+which llama.cpp does not apply, is recorded for the runtimes
+(`minicpmv_edge.tokenizer.normalizer`, applied by minicpmv_edge.text_normalize).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGUFWriter, TokenType
+from gguf import GGUFValueType, GGUFWriter, TokenType
 from gguf.vocab import SpecialVocab
 
-from minicpmv_edge.errors import CheckpointError, UnsupportedModelError
+from minicpmv_edge import schema
+from minicpmv_edge.errors import CheckpointError
 
-# tokenizer.json split regex -> llama.cpp tokenizer.ggml.pre
-KNOWN_PRE_TOKENIZERS = {
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen35",
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
-}
+from .bpe_files import BpeSource, has_bpe_files, load_json, read_bpe
 
 # mtmd finds these by text (mtmd.cpp:1060-1073); a missing one is silently -1
 REQUIRED_MEDIA_TOKENS = ("<image>", "</image>", "<slice>", "</slice>")
+SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")  # SpecialVocab's default set
 
 
 @dataclass
@@ -40,31 +39,32 @@ class VocabInfo:
     scores: list[float] | None
     n_real: int  # tokens before padding
     add_space_prefix: bool = True  # SentencePiece only
+    normalizer: str = ""  # Unicode form the source tokenizer applies first ("" none)
+    special_ids: dict[str, int] | None = None  # resolved from tokenizer_config.json (slow files)
 
 
-def _split_regex(pre_tok: dict | None) -> str | None:
-    if not pre_tok:
-        return None
-    if pre_tok.get("type") == "Sequence":
-        for p in pre_tok.get("pretokenizers", []):
-            if (r := _split_regex(p)) is not None:
-                return r
-        return None
-    if pre_tok.get("type") == "Split":
-        pat = pre_tok.get("pattern", {})
-        return pat.get("Regex") or pat.get("String")
-    return None
+def looks_special(token: str) -> bool:
+    """llama.cpp's converter marks these added tokens CONTROL even when the tokenizer does not
+    call them special (conversion/base.py does_token_look_special): `<|fim_prefix|>` etc."""
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<｜") and token.endswith("｜>"))
+            or (token.startswith("<unused") and token.endswith(">")))
+
+
+def added_token_type(content: str, special: bool) -> int:
+    """CONTROL or USER_DEFINED exactly as llama.cpp's converter decides (conversion/base.py get_vocab_base)."""
+    return TokenType.CONTROL if special or looks_special(content) else TokenType.USER_DEFINED
 
 
 def read_vocab(src: Path, n_rows: int) -> VocabInfo:
     """Read the tokenizer in `src` and pad it to `n_rows` (the embedding rows)."""
-    tj_path = src / "tokenizer.json"
     if (src / "tokenizer.model").exists():
         info = _read_spm(src)
-    elif tj_path.exists():
-        info = _read_bpe(tj_path)
+    elif has_bpe_files(src):
+        info = _bpe_info(src, read_bpe(src))
     else:
-        raise CheckpointError("no tokenizer.json or tokenizer.model", src)
+        raise CheckpointError("no tokenizer: expected tokenizer.json, vocab.json + merges.txt, or tokenizer.model", src)
     if len(info.tokens) > n_rows:
         raise CheckpointError(f"tokenizer has {len(info.tokens)} tokens but the embedding has only {n_rows} rows", src)
     present = set(info.tokens)
@@ -80,30 +80,40 @@ def read_vocab(src: Path, n_rows: int) -> VocabInfo:
     return info
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read JSON ({exc})", path) from None
+def _bpe_info(src: Path, bpe: BpeSource) -> VocabInfo:
+    by_id: dict[int, tuple[str, int]] = {}
+    for tok, i in bpe.vocab.items():
+        if not isinstance(i, int) or i < 0:
+            raise CheckpointError(f"token {tok!r} has id {i!r}", src)
+        by_id[i] = (tok, TokenType.NORMAL)
+    for at in bpe.added:
+        content = at.content if at.special or looks_special(at.content) else at.content.replace("\u2581", " ")
+        by_id[at.id] = (content, added_token_type(at.content, at.special))
+    info = _dense(by_id, model_name="gpt2", pre=bpe.pre, scores=None)
+    info.normalizer = bpe.normalizer
+    if bpe.form == "slow":
+        info.special_ids = _slow_special_ids(src, bpe)
+    return info
 
 
-def _read_bpe(path: Path) -> VocabInfo:
-    tj = _load_json(path)
-    model = tj.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise UnsupportedModelError("tokenizer.json is not a byte-level BPE (nor is there a tokenizer.model)", path)
-    regex = _split_regex(tj.get("pre_tokenizer"))
-    pre = KNOWN_PRE_TOKENIZERS.get(regex or "")
-    if pre is None:
-        raise UnsupportedModelError(
-            f"unknown pre-tokenizer regex {regex!r}; supported: {sorted(set(KNOWN_PRE_TOKENIZERS.values()))}", path)
-    by_id: dict[int, tuple[str, int]] = {i: (t, TokenType.NORMAL) for t, i in model["vocab"].items()}
-    for at in tj.get("added_tokens", []):
-        by_id[at["id"]] = (at["content"], TokenType.CONTROL if at.get("special") else TokenType.USER_DEFINED)
-    return _dense(by_id, path, model_name="gpt2", pre=pre, scores=None)
+def _slow_special_ids(src: Path, bpe: BpeSource) -> dict[str, int]:
+    """SpecialVocab resolves tokenizer_config.json's `{bos,eos,...}_token` names through
+    tokenizer.json's added tokens and only then falls back to config.json ids; without a
+    tokenizer.json it skips the first step. Resolve them through the same added tokens
+    (from tokenizer_config.json), so both forms give the same ids."""
+    cfg = load_json(src / "tokenizer_config.json")
+    ids = {}
+    for typ in SPECIAL_TYPES:
+        entry = cfg.get(f"{typ}_token")
+        name = entry.get("content") if isinstance(entry, dict) else entry
+        if isinstance(name, str):
+            tid = next((a.id for a in bpe.added if a.content == name), None)
+            if tid is not None:
+                ids[typ] = tid
+    return ids
 
 
-def _dense(by_id: dict[int, tuple[str, int]], path: Path, model_name: str, pre, scores) -> VocabInfo:
+def _dense(by_id: dict[int, tuple[str, int]], model_name: str, pre, scores) -> VocabInfo:
     n = max(by_id) + 1
     tokens, types = [], []
     for i in range(n):
@@ -136,7 +146,7 @@ def _read_spm(src: Path) -> VocabInfo:
         by_id[i] = (sp.IdToPiece(i), typ)
         scores[i] = sp.GetScore(i)
     tj_path = src / "tokenizer.json"
-    added = _load_json(tj_path).get("added_tokens", []) if tj_path.exists() else []
+    added = load_json(tj_path).get("added_tokens", []) if tj_path.exists() else []
     for at in added:
         typ = TokenType.CONTROL if at.get("special") else TokenType.USER_DEFINED
         if at["id"] < sp.vocab_size() and by_id[at["id"]][0] != at["content"]:
@@ -144,9 +154,9 @@ def _read_spm(src: Path) -> VocabInfo:
         if at["id"] >= sp.vocab_size() or by_id[at["id"]][1] == TokenType.NORMAL:
             by_id[at["id"]] = (at["content"], typ)
         scores.setdefault(at["id"], -1000.0)
-    info = _dense(by_id, src, model_name="llama", pre=None, scores=None)
+    info = _dense(by_id, model_name="llama", pre=None, scores=None)
     info.scores = [scores.get(i, -1000.0) for i in range(len(info.tokens))]
-    info.add_space_prefix = _spm_space_prefix(_load_json(tj_path) if tj_path.exists() else {})
+    info.add_space_prefix = _spm_space_prefix(load_json(tj_path) if tj_path.exists() else {})
     return info
 
 
@@ -183,9 +193,30 @@ def add_vocab(w: GGUFWriter, src: Path, info: VocabInfo) -> None:
     if info.scores is not None:
         w.add_token_scores(info.scores)
     special = SpecialVocab(src, load_merges=info.model == "gpt2", n_vocab=len(info.tokens))
+    if info.special_ids:
+        special.special_token_ids.update(info.special_ids)
+    if info.model == "gpt2":
+        special.add_special_token.update(_byte_level_add_flags(src, special.add_special_token))
     special.add_to_gguf(w, quiet=True)
     if info.model == "llama":
         w.add_add_space_prefix(info.add_space_prefix)
+    # add_string drops "" silently; "no normalization" is a fact too
+    w.add_key_value(schema.EDGE_TOKENIZER_NORMALIZER, info.normalizer, GGUFValueType.STRING)
+
+
+def _byte_level_add_flags(src: Path, known: dict) -> dict[str, bool]:
+    """llama.cpp's gguf-py (newer than the PyPI wheel, vocab.py) reads a ByteLevel
+    post-processor as "adds neither BOS nor EOS" and writes both flags false, over
+    tokenizer_config.json. The slow files have no post-processor: the Qwen tokenizer
+    classes add none either, so the flags default to false there too."""
+    tj_path = src / "tokenizer.json"
+    if not tj_path.is_file():
+        return {k: known.get(k, False) for k in ("bos", "eos")}
+    pp = load_json(tj_path).get("post_processor") or {}
+    procs = pp.get("processors", [pp]) if isinstance(pp, dict) else []
+    if any(isinstance(p, dict) and p.get("type") == "ByteLevel" for p in procs):
+        return {"bos": False, "eos": False}
+    return {}
 
 
 def chat_template(src: Path) -> str | None:

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from minicpmv_edge.errors import Cancelled, ContextOverflowError, GGUFError, InputError, MediaError, RuntimeFailure
+from minicpmv_edge.text_normalize import normalize, normalizer_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,12 @@ class Model:
         self.can_truncate = not (L.llama_model_is_recurrent(self.ptr) or L.llama_model_is_hybrid(self.ptr))
         # M-RoPE text models take 4 position components per embedding (llama-batch.cpp: n_pos_per_embd)
         self.n_pos_per_embd = 4 if L.llama_model_rope_type(self.ptr) in (_ROPE_MROPE, _ROPE_IMROPE) else 1
+        # the source tokenizer's Unicode normalization, which llama.cpp does not apply
+        self.normalizer = normalizer_from_metadata(self.meta)
 
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
         L = _llama()
-        data = text.encode("utf-8")
+        data = normalize(text, self.normalizer).encode("utf-8")
         n_max = len(data) + 16
         buf = (L.llama_token * n_max)()
         n = L.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
@@ -540,7 +543,8 @@ class Vision:
                     M.mtmd_bitmap_set_id(handle, bm.id.encode())
                 handles.append(handle)
             chunks = Chunks(M.mtmd_input_chunks_init())
-            inp = M.mtmd_input_text(text.encode("utf-8"), len(text.encode("utf-8")), add_special, True)
+            data = normalize(text, self.model.normalizer).encode("utf-8")
+            inp = M.mtmd_input_text(data, len(data), add_special, True)
             arr = (M.mtmd_bitmap_p_ctypes * max(1, len(handles)))(*handles)
             with self._lock:
                 rc = M.mtmd_tokenize(self.ptr, chunks.ptr, ctypes.byref(inp), arr, len(handles))

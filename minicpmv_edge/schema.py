@@ -43,6 +43,10 @@ EDGE_MODEL_VERSION = _NS + "model_version"  # str, e.g. "4.5"
 EDGE_PROJECTOR_TYPE = _NS + "projector_type"  # str, what the matching mmproj must declare
 EDGE_PROJECTOR_VERSION = _NS + "projector_version"  # i32, clip.minicpmv_version it must carry (0: none)
 EDGE_SOURCE = _NS + "source"  # str, checkpoint directory name
+# Unicode form ("NFC", ...) the source tokenizer normalizes text to before splitting; "" none.
+# llama.cpp does not normalize, so the runtimes apply it (minicpmv_edge/text_normalize.py,
+# mobile_bridge/src/normalize.cpp) before tokenizing.
+EDGE_TOKENIZER_NORMALIZER = _NS + "tokenizer.normalizer"  # str
 
 # prompt: the chat template (tokenizer.chat_template) decides; these carry what it does not
 # (minicpmv_edge/model_facts.py names the consumer of each)

@@ -18,7 +18,7 @@ def test_inspect_folder_and_pair(store):
     r = cli("inspect", str(res.text_path), "--json")
     d = json.loads(r.stdout)["files"][0]
     assert d["architecture"] == "qwen3" and d["minicpmv_edge.family"] == "minicpmv-4.5"
-    assert d["tensors"] > 0 and d["vocab_size"] == 640 and "F16" in d["dtypes"]
+    assert d["tensors"] > 0 and d["vocab_size"] == 151748 and "F16" in d["dtypes"]
 
 
 def test_inspect_reports_exactly_what_does_not_fit(store):

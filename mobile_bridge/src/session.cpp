@@ -1,5 +1,6 @@
 // Sessions: conversation text, prefill of text and images, reset, stats, introspection.
 #include "internal.h"
+#include "normalize.h"
 
 #include "mtmd-helper.h"
 
@@ -89,9 +90,14 @@ int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out, int32_t rollba
     const int32_t n_ctx = (int32_t)llama_n_ctx(s->lctx);
     const bool add_special = s->n_past == 0;
     int rc = MCV_OK;
+    // the source tokenizer's Unicode normalization (NFC for Qwen), which llama.cpp does not apply
+    std::string norm_name, text;
+    if (!normalize_for(normalizer_for_model(m->lm, norm_name), s->pending, text))
+        return fail(&s->err, MCV_ERR_UNSUPPORTED, "the model's tokenizer normalizes text to " + norm_name +
+                                                      ", which the bridge does not implement (NFC, NFD)");
     if (!m->mctx) {  // text-only model
-        std::vector<llama_token> toks(s->pending.size() + 8);
-        int32_t n = llama_tokenize(m->vocab, s->pending.data(), (int32_t)s->pending.size(), toks.data(),
+        std::vector<llama_token> toks(text.size() + 8);
+        int32_t n = llama_tokenize(m->vocab, text.data(), (int32_t)text.size(), toks.data(),
                                    (int32_t)toks.size(), add_special, true);
         if (n < 0) return fail(&s->err, MCV_ERR_INTERNAL, "tokenizer failed");
         if (s->n_past + n > n_ctx)
@@ -105,7 +111,7 @@ int eval_pending(mcv_session *s, mtmd_bitmap *bm, int32_t *n_out, int32_t rollba
                         " without an image (" + std::to_string(n_markers) + " markers for " +
                         std::to_string(bm ? 1 : 0) + " images); the marker is reserved for images");
         mtmd_input_chunks *chunks = mtmd_input_chunks_init();
-        mtmd_input_text txt = {s->pending.c_str(), s->pending.size(), add_special, true};
+        mtmd_input_text txt = {text.c_str(), text.size(), add_special, true};
         const mtmd_bitmap *bms[1] = {bm};
         int32_t trc = mtmd_tokenize(m->mctx, chunks, &txt, bms, bm ? 1 : 0);
         if (trc != 0) {
