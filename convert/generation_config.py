@@ -53,7 +53,8 @@ def read_sampling(src: Path) -> dict[str, tuple[str, object]]:
               else isinstance(value, int) and not isinstance(value, bool) if kind == "int32"
               else isinstance(value, (int, float)) and not isinstance(value, bool))
         if not ok:
-            raise CheckpointError(f"field {field!r} is {value!r}, expected a {kind.rstrip('32')} value", path)
+            want = {"str": "a string", "int32": "an integer", "float32": "a number"}[kind]
+            raise CheckpointError(f"field {field!r} is {value!r}, expected {want}", path)
         out[key] = (kind, value if kind == "str" else int(value) if kind == "int32" else float(value))
     return out
 

@@ -196,7 +196,7 @@ def add_vocab(w: GGUFWriter, src: Path, info: VocabInfo) -> None:
     if info.special_ids:
         special.special_token_ids.update(info.special_ids)
     if info.model == "gpt2":
-        special.add_special_token.update(_byte_level_add_flags(src, special.add_special_token))
+        special.add_special_token.update(_byte_level_add_flags(src))
     special.add_to_gguf(w, quiet=True)
     if info.model == "llama":
         w.add_add_space_prefix(info.add_space_prefix)
@@ -204,14 +204,14 @@ def add_vocab(w: GGUFWriter, src: Path, info: VocabInfo) -> None:
     w.add_key_value(schema.EDGE_TOKENIZER_NORMALIZER, info.normalizer, GGUFValueType.STRING)
 
 
-def _byte_level_add_flags(src: Path, known: dict) -> dict[str, bool]:
+def _byte_level_add_flags(src: Path) -> dict[str, bool]:
     """llama.cpp's gguf-py (newer than the PyPI wheel, vocab.py) reads a ByteLevel
-    post-processor as "adds neither BOS nor EOS" and writes both flags false, over
-    tokenizer_config.json. The slow files have no post-processor: the Qwen tokenizer
-    classes add none either, so the flags default to false there too."""
+    post-processor in tokenizer.json as "adds neither BOS nor EOS" and writes both flags
+    false, over tokenizer_config.json. Without one (the slow files, or the
+    TemplateProcessing transformers saves) only tokenizer_config.json's add_* count."""
     tj_path = src / "tokenizer.json"
     if not tj_path.is_file():
-        return {k: known.get(k, False) for k in ("bos", "eos")}
+        return {}
     pp = load_json(tj_path).get("post_processor") or {}
     procs = pp.get("processors", [pp]) if isinstance(pp, dict) else []
     if any(isinstance(p, dict) and p.get("type") == "ByteLevel" for p in procs):

@@ -26,9 +26,13 @@ _lock = threading.Lock()
 _backend_ready = False
 _LOG_CB = None  # keep the ctypes callback alive
 _ROPE_MROPE, _ROPE_IMROPE = 8, 40  # GGML_ROPE_TYPE_MROPE / _IMROPE (ggml.h)
-# llama.cpp warnings that are the expected consequence of what we ask for: canvas M-RoPE (4.7) gives
-# a frame's rows one t, so every row after the first is "non-consecutive" (llama-kv-cache.cpp find_slot)
-_EXPECTED_WARNINGS = (b"find_slot: non-consecutive token position",)
+# llama.cpp warnings that are expected and harmless here, logged at debug instead of printed:
+# * canvas M-RoPE (4.7) gives a frame's rows one t, so every row after the first is
+#   "non-consecutive" (llama-kv-cache.cpp find_slot);
+# * "control-looking token": llama.cpp retypes a NORMAL token that looks like a control token at
+#   every load (Qwen2's BPE piece '</s>', id 128247, in 2.6/4.5); llama.cpp's own converter writes
+#   it NORMAL too, and nothing is degraded.
+_EXPECTED_WARNINGS = (b"find_slot: non-consecutive token position", b"load: control-looking token")
 # what llama.cpp says when a decode stops because we asked (cancel() sets the abort callback's flag):
 # status 1 is GGML_STATUS_ABORTED, llama_decode's 2 is "aborted"; the lines that follow one of these
 # (the batch's cells removed, mtmd's "failed to decode image") belong to the same abort. Expected, so

@@ -1,16 +1,17 @@
-"""Run llama.cpp's own converter on a checkpoint: the GGUF pair most MiniCPM-V 4.6 users have.
+"""llama.cpp's own converter (convert_hf_to_gguf.py), for tests that compare against it.
 
-`convert_hf_to_gguf.py` from the llama-cpp-python sdist of the installed version (the
-llama.cpp our runtime links; bench/llama_tools.llama_source finds or downloads it), with
-that sdist's own gguf-py on PYTHONPATH (the PyPI gguf lacks the 4.6 names): once for the
-text model (`--no-mtp`: the 4.6 config declares an MTP layer it ships no tensors for,
-docs/multimodal/minicpmv4.6.md) and once with `--mmproj` for the projector.
+It runs from the llama-cpp-python sdist of the installed version (the llama.cpp our
+runtime links; bench/llama_tools.llama_source finds or downloads it) with that
+sdist's own gguf-py, which is newer than the PyPI `gguf` wheel (it knows
+MiniCPM-V 4.6's tensors and projector type). It converts the layouts llama.cpp
+registers without trust_remote_code: MiniCPM-V 4.6 (text, and `--mmproj`) and
+plain causal LMs (used with `--vocab-only` for the 2.6/4.5 tokenizers).
 
-llama.cpp names the BPE pre-tokenizer by hashing the tokens of a probe string and knows the
-hash of the real Qwen3.5 tokenizer only (conversion/base.py: "qwen35" for MiniCPM-V-4_6).
-For a checkpoint whose tokenizer is not the real one, `pre=` answers that same name through
-a wrapper that changes nothing else (as bench/convert.py does); with the real tokenizer
-leave it None and llama.cpp decides by itself.
+4.6 text is converted with `--no-mtp` by default: the real config declares
+`mtp_num_hidden_layers: 1` but the checkpoint has no MTP tensors, and without the
+flag the converter counts the MTP block anyway (block_count + 1,
+nextn_predict_layers = 1), which llama.cpp then refuses to load ("tensor
+'blk.N.attn_norm.weight' not found"; tests/test_real_layout.py shows it).
 """
 
 from __future__ import annotations
@@ -20,35 +21,49 @@ import subprocess
 import sys
 from pathlib import Path
 
-WRAPPER = '''\
-import runpy, sys
-root, pre = sys.argv[1], sys.argv[2]
-sys.path.insert(0, root)
-from conversion import base
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
-sys.argv = [root + "/convert_hf_to_gguf.py"] + sys.argv[3:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+REPO = Path(__file__).resolve().parents[1]
 
 
-def llama_convert(src: Path, out: Path, outtype: str = "f16", pre: str | None = None) -> tuple[Path, Path]:
-    """Returns (text.gguf, mmproj.gguf) written into `out` by llama.cpp's converter."""
+def llama_cpp_source() -> Path:
+    sys.path.insert(0, str(REPO))
     from bench.llama_tools import llama_source
 
-    llama = llama_source()
+    src = llama_source()
+    if not (src / "convert_hf_to_gguf.py").is_file():
+        raise FileNotFoundError(f"no convert_hf_to_gguf.py in the llama.cpp source {src}")
+    return src
+
+
+def convert_hf_to_gguf(model_dir, outfile, *args: str, timeout: int = 1800) -> Path:
+    """Run `convert_hf_to_gguf.py model_dir --outfile outfile *args`; returns the output path."""
+    src = llama_cpp_source()
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # set, it would use PyPI's gguf
+    env["PYTHONPATH"] = str(src / "gguf-py")
+    cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(outfile), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed ({r.returncode}): {r.stderr[-3000:]}")
+    return Path(outfile)
+
+
+def llama_converted_pair(model_dir, out_dir, outtype: str = "f16", no_mtp: bool = True) -> tuple[Path, Path]:
+    """llama.cpp's (text, mmproj) pair of a MiniCPM-V 4.6 checkpoint, as its docs say to make it
+    (docs/multimodal/minicpmv4.6.md): the text run and a `--mmproj` run."""
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text, mmproj = out / f"llama-text-{outtype}.gguf", out / f"llama-mmproj-{outtype}.gguf"
-    env = dict(os.environ, PYTHONPATH=str(llama / "gguf-py"), NO_LOCAL_GGUF="")
-    if pre is None:
-        base = [sys.executable, str(llama / "convert_hf_to_gguf.py")]
-    else:
-        (out / "llama_convert_wrapper.py").write_text(WRAPPER)
-        base = [sys.executable, str(out / "llama_convert_wrapper.py"), str(llama), pre]
-    base += [str(src), "--outtype", outtype]
-    for cmd, dest in ((base + ["--no-mtp"], text), (base + ["--mmproj"], mmproj)):
-        if dest.exists():
-            continue
-        r = subprocess.run(cmd + ["--outfile", str(dest)], env=env, capture_output=True, text=True)
-        if r.returncode != 0 or not dest.exists():
-            raise RuntimeError(f"llama.cpp's converter failed ({' '.join(cmd[1:])}):\n{r.stderr[-3000:]}")
+    text = convert_hf_to_gguf(model_dir, out / f"text-{outtype}.gguf", "--outtype", outtype,
+                              *(["--no-mtp"] if no_mtp else []))
+    mmproj = convert_hf_to_gguf(model_dir, out / f"mmproj-{outtype}.gguf", "--outtype", outtype, "--mmproj")
     return text, mmproj
+
+
+def llama_convert(src: Path, out: Path, outtype: str = "f16") -> tuple[Path, Path]:
+    """Returns (text.gguf, mmproj.gguf) written into `out` by llama.cpp's converter, made once per folder.
+
+    The fixtures carry the real Qwen3.5 tokenizer, whose probe-string hash llama.cpp knows
+    ("qwen35"), so its converter names the pre-tokenizer by itself: no wrapper is needed."""
+    out = Path(out)
+    text, mmproj = out / f"text-{outtype}.gguf", out / f"mmproj-{outtype}.gguf"
+    if text.is_file() and mmproj.is_file():
+        return text, mmproj
+    return llama_converted_pair(src, out, outtype)

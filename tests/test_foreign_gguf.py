@@ -28,18 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is in the image?"
 
 
-def _real_qwen35_tokenizer(ckpt: Path) -> bool:
-    """The real tokenizer has the Qwen3.5 BPE ranks 0..248043 (real-checkpoints README)."""
-    model = json.loads((ckpt / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-    return len(model["vocab"]) == 248044
-
-
 @pytest.fixture(scope="module")
 def pairs(store, tmp_path_factory):
     ours = store.converted("minicpmv-4.6")
     ckpt = store.checkpoint("minicpmv-4.6")
-    text, mmproj = llama_convert(ckpt, tmp_path_factory.mktemp("llama-4.6"),
-                                 pre=None if _real_qwen35_tokenizer(ckpt) else "qwen35")
+    text, mmproj = llama_convert(ckpt, tmp_path_factory.mktemp("llama-4.6"))
     return {"ours": (str(ours.text_path), str(ours.mmproj_path)), "llama.cpp": (str(text), str(mmproj))}
 
 
