@@ -26,16 +26,16 @@ def build(work: Path, layers: int) -> Path:
     import transformers as tf
 
     from minicpmv_edge.fixtures import merger_recipes
-    from minicpmv_edge.fixtures.build import _write_tokenizer
-    from minicpmv_edge.fixtures.families import padded_vocab
-    from minicpmv_edge.fixtures.writer import write_weights
+    from minicpmv_edge.fixtures.build import added_token_ids
+    from minicpmv_edge.fixtures.recipes import RECIPES
 
     ckpt = work / "ckpt"
     if (ckpt / "config.json").exists():
         return ckpt
     ckpt.mkdir(parents=True)
-    ids = _write_tokenizer("minicpmv-4.7", ckpt)
-    kw = merger_recipes.config_kwargs("minicpmv-4.7", padded_vocab(len(ids) + 600), ids, 198)
+    RECIPES["minicpmv-4.7"].tokenizer(ckpt)  # the real Qwen3.5 tokenizer of 4.6 (vocab 248094)
+    ids = added_token_ids(ckpt)
+    kw = merger_recipes.config_kwargs("minicpmv-4.7", 248094, ids, 198)
     types = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)]
     kw["text_config"].update(vocab_size=248094, hidden_size=1024, intermediate_size=3584, num_hidden_layers=layers,
                              layer_types=types, num_attention_heads=8, num_key_value_heads=2, head_dim=256,
@@ -44,7 +44,6 @@ def build(work: Path, layers: int) -> Path:
     kw["text_config"]["rope_parameters"].update(rope_theta=1e7, mrope_section=[11, 11, 10])
     model = tf.MiniCPMV4_7ForConditionalGeneration(tf.MiniCPMV4_7Config(**kw)).eval().to(torch.bfloat16)
     model.save_pretrained(str(ckpt))
-    # the fixture tokenizer has fewer rows than the real vocabulary; that does not change decode cost
     return ckpt
 
 
