@@ -56,14 +56,3 @@ def llama_converted_pair(model_dir, out_dir, outtype: str = "f16", no_mtp: bool 
     mmproj = convert_hf_to_gguf(model_dir, out / f"mmproj-{outtype}.gguf", "--outtype", outtype, "--mmproj")
     return text, mmproj
 
-
-def llama_convert(src: Path, out: Path, outtype: str = "f16") -> tuple[Path, Path]:
-    """Returns (text.gguf, mmproj.gguf) written into `out` by llama.cpp's converter, made once per folder.
-
-    The fixtures carry the real Qwen3.5 tokenizer, whose probe-string hash llama.cpp knows
-    ("qwen35"), so its converter names the pre-tokenizer by itself: no wrapper is needed."""
-    out = Path(out)
-    text, mmproj = out / f"text-{outtype}.gguf", out / f"mmproj-{outtype}.gguf"
-    if text.is_file() and mmproj.is_file():
-        return text, mmproj
-    return llama_converted_pair(src, out, outtype)

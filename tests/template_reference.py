@@ -67,10 +67,9 @@ def processor_46(tmp: Path):
     with gzip.open(src / "tokenizer.json.gz", "rb") as f:
         (tmp / "tokenizer.json").write_bytes(f.read())
     # the processor reads these token names from the tokenizer (values: the real added tokens)
-    names = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "image_start_token": "<image>",
-             "image_end_token": "</image>", "slice_start_token": "<slice>", "slice_end_token": "</slice>",
-             "image_id_start_token": "<image_id>", "image_id_end_token": "</image_id>"}
-    tok = AutoTokenizer.from_pretrained(tmp, extra_special_tokens=names)
+    from minicpmv_edge.fixtures.recipes.minicpmv_4_6 import MM46_TOKEN_ATTRS
+
+    tok = AutoTokenizer.from_pretrained(tmp, extra_special_tokens=dict(MM46_TOKEN_ATTRS))
 
     class Processor(MiniCPMV4_6Processor):
         # The video processor needs torchvision, which exists here only as a 5.5 GB CUDA build;

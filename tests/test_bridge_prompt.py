@@ -15,7 +15,6 @@ from minicpmv_edge import model_facts_c
 from minicpmv_edge.edge_runtime.api import MiniCPMV
 from minicpmv_edge.edge_runtime.media import load_image
 from minicpmv_edge.edge_runtime.messages import Turn
-from tests import real_templates
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "mobile_bridge" / "python"))
@@ -76,7 +75,7 @@ def test_family_facts_header_is_generated():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bridge_prompt_equals_jinja(store, bridge, image_png, family):
-    res = real_templates.converted(store, family)
+    res = store.converted(family)
     py = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=512)
     img = load_image(image_png)
     model = bridge.load(str(res.text_path), str(res.mmproj_path), n_ctx=4096)
@@ -107,7 +106,7 @@ def test_bridge_prompt_equals_jinja(store, bridge, image_png, family):
 def test_bridge_rewrites_replies_and_reuses_the_cache(store, bridge, family):
     """Generated replies become their history form; the next answer equals a fresh session's and
     the Python runtime's, with fewer tokens evaluated."""
-    res = real_templates.converted(store, family)
+    res = store.converted(family)
     py = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=2048)
     model = bridge.load(str(res.text_path), str(res.mmproj_path), n_ctx=2048)
     cached, fresh = bridge.session(model), bridge.session(model)

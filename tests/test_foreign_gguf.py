@@ -21,7 +21,6 @@ from PIL import Image
 from minicpmv_edge.edge_runtime import MiniCPMV
 from minicpmv_edge.edge_runtime.messages import normalize
 from minicpmv_edge.gguf_info import facts_of, read_info
-from tests.llama_converter import llama_convert
 from tests.runtime_helpers import noise_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +30,7 @@ QUESTION = "What is in the image?"
 @pytest.fixture(scope="module")
 def pairs(store, tmp_path_factory):
     ours = store.converted("minicpmv-4.6")
-    ckpt = store.checkpoint("minicpmv-4.6")
-    text, mmproj = llama_convert(ckpt, tmp_path_factory.mktemp("llama-4.6"))
+    text, mmproj = store.llama_pair("minicpmv-4.6")  # llama.cpp's own converter, made once per session
     return {"ours": (str(ours.text_path), str(ours.mmproj_path)), "llama.cpp": (str(text), str(mmproj))}
 
 

@@ -11,7 +11,6 @@ from PIL import Image
 
 from minicpmv_edge.edge_runtime import MiniCPMV
 from minicpmv_edge.edge_runtime.session import EmbeddingCache
-from tests import real_templates
 from tests.runtime_helpers import noise_image
 
 GREEDY = dict(temperature=0, repeat_penalty=1.0, max_tokens=12)
@@ -28,7 +27,7 @@ def _history(turn: int, r) -> dict:
 
 @pytest.mark.parametrize("family", ["minicpmv-4.5", "minicpmv-4.6"])
 def test_every_turn_equals_a_fresh_evaluation(store, family):
-    res = real_templates.converted(store, family)
+    res = store.converted(family)
     cached = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=4096, n_threads=2)
     fresh = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=4096, n_threads=2)
     a, b = (Image.fromarray(noise_image(448, 448, s)) for s in (21, 22))

@@ -10,7 +10,6 @@ import httpx
 import jsonschema
 import pytest
 
-from tests import real_templates
 from tests import template_reference as ref
 from tests.test_server import MODEL, Server
 
@@ -29,7 +28,7 @@ START = [{"role": "system", "content": "You answer with tools when they help."},
 
 @pytest.fixture(scope="module", params=["minicpmv-4.5", "minicpmv-4.6"])
 def served(request, store, tmp_path_factory):
-    res = real_templates.converted(store, request.param)
+    res = store.converted(request.param)
     s = Server(res.text_path.parent, tmp_path_factory.mktemp("log-tools") / "server.log", "-t", "2")
     if request.param == "minicpmv-4.5":
         tok = ref.tokenizer_45()
@@ -141,6 +140,33 @@ def test_round_trip(served, stream):
     _check_calls(msg3["tool_calls"], names={"get_time"})
 
 
+def test_auto_none_and_parallel(served):
+    family, srv, render, vocab = served
+    c = _client(srv)
+    open_tag = vocab.tokenize("<tool_call>")
+    assert len(open_tag) == 1  # the real tokenizers have it as one token
+    push = {str(open_tag[0]): 100}  # random weights: make the model start a call, then the grammar takes over
+    for seed in range(3):
+        msg, finish, _ = _complete(c, False, messages=START, tools=TOOLS, temperature=1.0, seed=seed, max_tokens=300,
+                                   logit_bias=push, parallel_tool_calls=False)
+        assert finish == "tool_calls"
+        _check_calls(msg["tool_calls"])
+    counts = []
+    for seed in range(4):
+        msg, finish, _ = _complete(c, False, messages=START, tools=TOOLS, tool_choice="required", temperature=1.0,
+                                   seed=seed, max_tokens=200)
+        _check_calls(msg["tool_calls"])
+        counts.append(len(msg["tool_calls"]))
+    assert max(counts) > 1  # parallel calls
+    msg, finish, _ = _complete(c, False, messages=START, tools=TOOLS, tool_choice="none", temperature=1.0, seed=0,
+                               max_tokens=20, logit_bias=push)
+    assert not msg["tool_calls"] and "<tool_call>" not in (msg["content"] or "")
+    for seed in range(4):
+        msg, finish, _ = _complete(c, False, messages=START, tools=TOOLS, tool_choice="required", temperature=1.0,
+                                   seed=seed, max_tokens=300, parallel_tool_calls=False)
+        assert finish == "tool_calls" and len(msg["tool_calls"]) == 1
+
+
 @pytest.mark.parametrize("body, param", [
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
@@ -159,7 +185,7 @@ def test_bad_tool_requests(served, body, param):
 def test_python_api_tool_calls(store):
     from minicpmv_edge.edge_runtime import MiniCPMV
 
-    res = real_templates.converted(store, "minicpmv-4.6")
+    res = store.converted("minicpmv-4.6")
     m = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=2048, n_threads=2)
     try:
         r = m.chat(START, tools=TOOLS, tool_choice="required", temperature=1.0, seed=2, max_tokens=300,

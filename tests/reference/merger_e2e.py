@@ -86,7 +86,10 @@ class MergerReference:
                                                                      if k in pp})
         else:
             image_processor = MiniCPMV4_6ImageProcessorPil(**{k: pp[k] for k in keep if k in pp})
-        tokenizer = AutoTokenizer.from_pretrained(str(self.dir))
+        from minicpmv_edge.fixtures.recipes.minicpmv_4_6 import MM46_TOKEN_ATTRS
+
+        # the real tokenizer_config.json names none of the tokens the processor reads; give them here
+        tokenizer = AutoTokenizer.from_pretrained(str(self.dir), extra_special_tokens=dict(MM46_TOKEN_ATTRS))
         mode = pp.get("downsample_mode", cfg.get("downsample_mode", "16x"))
         video = SimpleNamespace(slice_mode=True, downsample_mode=mode)
         self.processor = _processor_class(proc_cls)(image_processor=image_processor, video_processor=video,
