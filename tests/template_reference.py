@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import shutil
 import sys
@@ -25,24 +24,16 @@ import types
 from pathlib import Path
 
 MARKER = "<__media__>"
-ENV = "MINICPMV_EDGE_REAL_CHECKPOINTS"
 TEXT_IMAGE = "(<image>./</image>)"
 
 
 def real_dir() -> Path:
-    """../shared/reference/real-checkpoints beside the repository (or the main checkout of a
-    worktree); missing is an error, not a skip."""
-    repo = Path(__file__).resolve().parents[1]
-    cands = [Path(os.environ[ENV])] if os.environ.get(ENV) else [repo.parent / "shared/reference/real-checkpoints"]
-    git = repo / ".git"
-    if not os.environ.get(ENV) and git.is_file():  # a linked worktree: the main checkout's neighbour
-        gitdir = Path(git.read_text().split(":", 1)[1].strip())
-        common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
-        cands.append(common.parent.parent / "shared/reference/real-checkpoints")
-    for c in cands:
-        if (c / "minicpm-v-4_5").is_dir() and (c / "minicpm-v-4.6").is_dir():
-            return c
-    raise FileNotFoundError(f"real-checkpoints reference folder missing (looked in {cands}; set {ENV})")
+    """../shared/reference/real-checkpoints (minicpmv_edge.fixtures.sources finds it, as the fixtures
+    do: beside the repository or the main checkout of a worktree, or $MINICPMV_EDGE_REAL_CHECKPOINTS);
+    missing is an error, not a skip."""
+    from minicpmv_edge.fixtures.sources import real_checkpoints_dir
+
+    return real_checkpoints_dir()
 
 
 def real_template(family: str) -> str:

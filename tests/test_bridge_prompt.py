@@ -102,6 +102,9 @@ def test_bridge_prompt_equals_jinja(store, bridge, image_png, family):
         py.close()
 
 
+OPEN_REPLY = "<|im_start|>assistant\n"  # where the template's reply starts (4.5, 4.6: ChatML)
+
+
 @pytest.mark.parametrize("family", ["minicpmv-4.5", "minicpmv-4.6"])
 def test_bridge_rewrites_replies_and_reuses_the_cache(store, bridge, family):
     """Generated replies become their history form; the next answer equals a fresh session's and
@@ -119,6 +122,8 @@ def test_bridge_rewrites_replies_and_reuses_the_cache(store, bridge, family):
             bridge.check(lib.mcv_session_set_thinking(cached, int(thinking)), cached)
             bridge.check(lib.mcv_session_add_text(cached, 1, question.encode()), cached)
             want_prompt = py.build_prompt(_turns(py, msgs), thinking)[0]
+            if turn:
+                assert want_prompt.startswith(reused)
             assert bridge.prompt_text(cached) == want_prompt, turn
             rc, reply = bridge.generate(cached, max_tokens=6)
             assert rc == 0
@@ -138,13 +143,14 @@ def test_bridge_rewrites_replies_and_reuses_the_cache(store, bridge, family):
             assert bridge.prompt_text(fresh) == want_prompt
             rc, fresh_reply = bridge.generate(fresh, max_tokens=6)
             assert reply == fresh_reply, turn  # the cut-back cache gives a fresh session's answer...
-            if turn:
-                assert n_cached < bridge.stats(fresh).n_prefill_tokens - 10  # ...reusing the conversation
+            if turn:  # ...reusing the whole conversation up to the previous reply (its prefix is re-evaluated)
+                assert n_cached <= bridge.stats(fresh).n_prefill_tokens - len(py.model.tokenize(reused)), turn
             if all(isinstance(m["content"], str) and not _broken(m["content"]) for m in msgs):
                 py.reset()  # the whole prompt tokenised at once, as in the fresh session: Python's tokens
                 want = py.chat(msgs, enable_thinking=thinking, temperature=0, repeat_penalty=1.0, max_tokens=6)
                 assert fresh_reply.replace("\ufffd", "") == want.raw, turn  # (broken bytes: U+FFFD vs dropped)
             msgs.append({"role": "assistant", "content": raw_reply})
+            reused = want_prompt[:want_prompt.rindex(OPEN_REPLY) + len(OPEN_REPLY)]  # what the cache keeps
     finally:
         lib.mcv_session_free(cached)
         lib.mcv_session_free(fresh)
