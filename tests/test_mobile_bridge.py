@@ -217,9 +217,8 @@ def test_prefill_prompt_matches_python(store, bridge, image_png, family):
     from minicpmv_edge.edge_runtime.api import MiniCPMV
     from minicpmv_edge.edge_runtime.media import load_image
     from minicpmv_edge.edge_runtime.messages import Turn, Video
-    from tests import real_templates
 
-    res = real_templates.converted(store, family)
+    res = store.converted(family)  # the fixtures carry the real chat templates
     text, mm = str(res.text_path), str(res.mmproj_path)
     py = MiniCPMV(text, mm, n_ctx=512)
     img = load_image(image_png)
