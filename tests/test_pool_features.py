@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 from minicpmv_edge.edge_runtime import MiniCPMV, SlotPool
-from tests import real_templates
 from tests.pool_helpers import assert_same_answer
 from tests.runtime_helpers import make_video, noise_image
 from tests.test_tool_calling import START, TOOLS, _check_calls
@@ -33,7 +32,7 @@ def _concurrently(model: MiniCPMV, reqs: list[tuple[list, dict]], slots: int):
 
 @pytest.mark.parametrize("family", ["minicpmv-4.5", "minicpmv-4.6"])
 def test_tool_calls_in_slots(store, family):
-    res = real_templates.converted(store, family)
+    res = store.converted(family)
     m = MiniCPMV(res.text_path, res.mmproj_path, n_ctx=2048, n_threads=1)
     named = {"type": "function", "function": {"name": "get_time"}}
     reqs = [
