@@ -27,7 +27,10 @@ def compare_steps(alone: list[tuple[int, float, dict]], slot: list[tuple[int, fl
     answers are the same token for token, else the step of a certified tie where they part."""
     for k, (a, b) in enumerate(zip(alone, slot)):
         if a[0] == b[0]:
-            assert abs(a[1] - b[1]) <= TOL, f"step {k}: same token {a[0]} but logprob {a[1]:.6f} alone vs {b[1]:.6f}"
+            # float rounding is relative: a grammar-forced token far down the distribution (logprob -35 over the
+            # real 248k vocabulary) carries a proportionally larger absolute error
+            tol = TOL + 1e-3 * abs(a[1])
+            assert abs(a[1] - b[1]) <= tol, f"step {k}: same token {a[0]} but logprob {a[1]:.6f} alone vs {b[1]:.6f}"
             continue
         rival = a[2].get(b[0])
         assert rival is not None and a[1] - rival <= EPS, (
