@@ -56,18 +56,11 @@ def build(work: Path, family: str, layers: int) -> Path:
     if (ckpt / ".complete").exists():
         return ckpt
     ckpt.mkdir(parents=True, exist_ok=True)
-    try:  # the fixture recipes with the real Qwen3.5 tokenizer of 4.6 (vocab 248094)
-        from minicpmv_edge.fixtures.build import added_token_ids
-        from minicpmv_edge.fixtures.recipes import RECIPES
+    from minicpmv_edge.fixtures.build import added_token_ids
+    from minicpmv_edge.fixtures.recipes import RECIPES
 
-        RECIPES[family].tokenizer(ckpt)
-        ids, vocab = added_token_ids(ckpt), 248094
-    except ImportError:  # before those recipes: the small fixture tokenizer, padded by the converter
-        from minicpmv_edge.fixtures.build import _write_tokenizer
-        from minicpmv_edge.fixtures.families import padded_vocab
-
-        ids = _write_tokenizer(family, ckpt)
-        vocab = padded_vocab(len(ids) + 600)
+    RECIPES[family].tokenizer(ckpt)  # the fixture recipes' real Qwen3.5 tokenizer of 4.6 (vocab 248094)
+    ids, vocab = added_token_ids(ckpt), 248094
     kw = merger_recipes.config_kwargs(family, vocab, ids, 198)
     types = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)]
     kw["text_config"].update(vocab_size=248094, hidden_size=1024, intermediate_size=3584, num_hidden_layers=layers,
