@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from minicpmv_edge.errors import ContextOverflowError, EdgeError, InputError, MediaError
+from minicpmv_edge.errors import ContextOverflowError, EdgeError, InputError, MediaError, MissingExtraError
 
 from ..messages import normalize
 from . import request as R
@@ -79,6 +79,8 @@ def error_for(exc: BaseException) -> ApiError:
         return ApiError(400, str(exc), code="invalid_image", param="messages")
     if isinstance(exc, InputError):
         return ApiError(400, str(exc))
+    if isinstance(exc, MissingExtraError):  # e.g. a video part on a server installed without [video]
+        return ApiError(501, str(exc), "not_implemented", code="missing_extra", param="messages")
     if isinstance(exc, EdgeError):
         log.error("generation failed: %s", exc)
         return ApiError(500, str(exc), "server_error")
@@ -135,7 +137,7 @@ def create_app(config: ServerConfig, load: Callable[[], object],
     _install_error_handlers(app)
     _patch_openapi(app)
 
-    errors = {c: {"model": S.ErrorResponse} for c in (400, 401, 404, 413, 429, 500, 503, 504)}
+    errors = {c: {"model": S.ErrorResponse} for c in (400, 401, 404, 413, 429, 500, 501, 503, 504)}
 
     @app.get("/health", response_model=S.Health, responses={503: {"model": S.Health}})
     async def health():
