@@ -115,7 +115,7 @@ typedef struct mcv_model_params {
     int32_t mmproj_use_gpu;   /* 1: vision encoder on GPU if the build has one; default 0 */
     int32_t max_slices;       /* cap on image slices; <= 0: the GGUF's image.max_slice_nums.
                                  Enforced by downscaling before mtmd (it has no runtime setter),
-                                 with the rule of edge_runtime/api.py _fit_slices; 1: no slicing. */
+                                 with the rule of edge_runtime/image_budget.py fitted_size; 1: no slicing. */
     int64_t image_max_pixels; /* larger images are downscaled to this many pixels; <= 0: no cap */
 } mcv_model_params;
 

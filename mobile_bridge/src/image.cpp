@@ -150,7 +150,7 @@ bool known_image(const uint8_t *d, size_t n) {
     return false;
 }
 
-// Same rule as edge_runtime/api.py MiniCPMV._fit_slices: mtmd always allows 9 slices; fewer
+// Same rule as edge_runtime/image_budget.py fitted_size: mtmd always allows 9 slices; fewer
 // come from shrinking so that LLaVA-UHD's ceil(area / side^2) stays within the cap (1: the
 // longest side fits one slice). image_max_pixels caps the area on top.
 void target_size(int32_t w, int32_t h, const ImageFit &fit, int32_t &nw, int32_t &nh) {
