@@ -160,7 +160,7 @@ class _BlockingChunk:
 
     def __init__(self, pool):
         self.sched = pool.shared.scheduler
-        self.reached, self.released = threading.Event(), threading.Event()
+        self.reached, self.released, self.done = threading.Event(), threading.Event(), threading.Event()
         self.slot, self.aborted = None, False
 
     def __enter__(self):
@@ -177,6 +177,7 @@ class _BlockingChunk:
                 self.released.set()
             orig(call)
             self.aborted = isinstance(call.error, Cancelled)
+            self.done.set()
 
         self.sched._do_call = do_call
         return self
@@ -239,6 +240,7 @@ def test_server_survives_a_client_that_leaves_during_prefill(live_server):
         sock.close()  # the client leaves while its prompt is being prefilled
         assert hook.released.wait(30), "the server did not cancel the abandoned request"
         assert hook.slot._abort.is_set()
+        assert hook.done.wait(60), "the cancelled prompt chunk never returned"
     assert hook.aborted, "the prompt chunk was not aborted inside llama_decode"
     h = httpx.get(url + "/health", timeout=10)
     assert h.status_code == 200 and h.json() == {"status": "ok"}, h.text
