@@ -62,23 +62,35 @@ def _machine_key() -> str:
     return hashlib.sha256(f"{cpu}|{platform.release()}|{llama}".encode()).hexdigest()[:24]
 
 
-def _weights_kind(model_path) -> str:
-    """The set of tensor types the file holds: AMX has one kernel per type, and general.file_type does not
-    say what is inside (an F16-labelled file with GPTQ weights repacked to Q4_0 crashed after an F16 probe)."""
+# ggml types with an AMX kernel at llama.cpp 0c1e570 (ggml-cpu/amx/common.h qtype_has_amx_kernels): Q4_0, Q4_1,
+# Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS. A file without them never reaches the AMX tiles, so it needs no probe.
+_AMX_TYPES = frozenset({2, 3, 8, 12, 13, 14, 23})
+
+
+def _tensor_types(model_path) -> set[int] | None:
     try:
         from minicpmv_edge.gguf_info import read_info
 
-        return "t" + "-".join(str(t) for t in sorted({x.ggml_type for x in read_info(model_path).tensors}))
+        return {x.ggml_type for x in read_info(model_path).tensors}
     except Exception:  # noqa: BLE001 - the loader reports a bad file; here it only keys the verdict
-        return "?"
+        return None
+
+
+def _weights_kind(types: set[int] | None) -> str:
+    """The set of tensor types the file holds: AMX has one kernel per type, and general.file_type does not
+    say what is inside (an F16-labelled file with GPTQ weights repacked to Q4_0 crashed after an F16 probe)."""
+    return "?" if types is None else "t" + "-".join(str(t) for t in sorted(types))
 
 
 def repacking_safe(model_path: str | os.PathLike, cache_dir: Path | None = None) -> bool:
     """True unless this CPU advertises AMX and llama.cpp's AMX path crashed here (probed once per machine)."""
     if not cpu_advertises_amx():
         return True
+    types = _tensor_types(model_path)
+    if types is not None and not types & _AMX_TYPES:
+        return True
     machine = _machine_key()
-    key = machine + "/" + _weights_kind(model_path)  # AMX has one kernel family per weight type
+    key = machine + "/" + _weights_kind(types)  # AMX has one kernel family per weight type
     if key in _verdicts:
         return _verdicts[key]
     from .encoder_choice import cache_root
@@ -89,7 +101,7 @@ def repacking_safe(model_path: str | os.PathLike, cache_dir: Path | None = None)
     except (OSError, ValueError):
         known = {}
     # The fault is intermittent (seen under load after a probe of the same weight types had passed), so one
-    # crash of any weight type on this machine turns repacking off for all of them here.
+    # crash of any AMX weight type on this machine turns repacking off for every AMX type here.
     if isinstance(known, dict) and any(v is False for k, v in known.items() if k.startswith(machine + "/")):
         _verdicts[key] = False
         return False
