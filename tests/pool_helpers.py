@@ -28,8 +28,10 @@ def compare_steps(alone: list[tuple[int, float, dict]], slot: list[tuple[int, fl
     for k, (a, b) in enumerate(zip(alone, slot)):
         if a[0] == b[0]:
             # float rounding is relative: a grammar-forced token far down the distribution (logprob -35 over the
-            # real 248k vocabulary) carries a proportionally larger absolute error
-            tol = TOL + 1e-3 * abs(a[1])
+            # real 248k vocabulary) carries a proportionally larger absolute error; and batched rounding feeds back
+            # through every generated token, so it grows with the step (4.7 canvas answer: 0.047 at step 39 of
+            # a -8.4 logprob). Another slot's KV would move logprobs by whole nats from the first step.
+            tol = TOL + 1e-3 * abs(a[1]) + 1e-3 * k
             assert abs(a[1] - b[1]) <= tol, f"step {k}: same token {a[0]} but logprob {a[1]:.6f} alone vs {b[1]:.6f}"
             continue
         rival = a[2].get(b[0])
