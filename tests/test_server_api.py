@@ -84,7 +84,11 @@ def test_logprobs_and_n(srv):
 
 def test_sampling_fields_change_the_answer(srv):
     c = srv.client()
-    base = dict(model=MODEL, messages=[user("Tell a story.")], max_tokens=16, temperature=1.0, seed=3)
+    # random weights over the real vocabulary give near-flat logits that rarely repeat a token; a biased token
+    # that recurs gives the penalties and the truncating samplers something to act on
+    push = {str(_token_id(srv, b" the")): 6}
+    base = dict(model=MODEL, messages=[user("Tell a story.")], max_tokens=16, temperature=1.0, seed=3,
+                logit_bias=push)
     ref = c.chat.completions.create(**base).choices[0].message.content
     assert c.chat.completions.create(**base).choices[0].message.content == ref
     for extra in ({"presence_penalty": 1.5}, {"frequency_penalty": 1.5}, {"top_p": 0.5}):
