@@ -91,11 +91,12 @@ def repacking_safe(model_path: str | os.PathLike, cache_dir: Path | None = None)
         return True
     machine = _machine_key()
     key = machine + "/" + _weights_kind(types)  # AMX has one kernel family per weight type
-    if key in _verdicts:
-        return _verdicts[key]
     from .encoder_choice import cache_root
 
     memo = Path(cache_dir or cache_root()) / "repack-probe.json"
+    seen = f"{memo}|{key}"  # per memo file: a verdict asked of another cache folder is read (or probed) there
+    if seen in _verdicts:
+        return _verdicts[seen]
     try:
         known = json.loads(memo.read_text())
     except (OSError, ValueError):
@@ -103,10 +104,10 @@ def repacking_safe(model_path: str | os.PathLike, cache_dir: Path | None = None)
     # The fault is intermittent (seen under load after a probe of the same weight types had passed), so one
     # crash of any AMX weight type on this machine turns repacking off for every AMX type here.
     if isinstance(known, dict) and any(v is False for k, v in known.items() if k.startswith(machine + "/")):
-        _verdicts[key] = False
+        _verdicts[seen] = False
         return False
     if isinstance(known, dict) and isinstance(known.get(key), bool):
-        _verdicts[key] = known[key]
+        _verdicts[seen] = known[key]
         return known[key]
     try:
         r = subprocess.run([sys.executable, "-c", _CHILD, str(model_path)], capture_output=True, timeout=600)
@@ -116,7 +117,7 @@ def repacking_safe(model_path: str | os.PathLike, cache_dir: Path | None = None)
         ok, why = False, str(exc)
     if not ok:
         log.warning("llama.cpp's AMX weight repacking crashed on this CPU (%s): repacking stays off here", why)
-    _verdicts[key] = ok
+    _verdicts[seen] = ok
     known = known if isinstance(known, dict) else {}
     known[key] = ok
     try:

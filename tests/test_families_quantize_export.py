@@ -26,6 +26,7 @@ from tests.runtime_helpers import noise_image
 FAMILIES = ["minicpmv-4.7", "minicpm-ocr-1.0"]
 GREEDY = dict(temperature=0, repeat_penalty=1.0, max_tokens=8)
 PHOTO = (700, 500)
+KL_Q4_K_M = {"minicpmv-4.7": 0.5, "minicpm-ocr-1.0": 2.0}  # upper bounds, see test_quality_reports
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -40,9 +41,14 @@ def quantized(request, store, tmp_path_factory):
 def test_quality_reports(quantized):
     family, res, text, mm = quantized
     tq = text_quality(res.text_path, text, n_threads=2)
-    # random weights over the real 248k vocabulary give near-flat logits, so top-1 agreement sits on near-ties
-    # (0.46 measured at Q4_K_M); KL is the measure here, top-1 only has to be far above chance (4e-6)
-    assert tq.n_tokens > 500 and 0 < tq.kl_mean < 0.5 and tq.top1 > 0.3, (family, tq)
+    # random weights over the real 248k vocabulary: top-1 agreement sits on near-ties (4.7: 0.46 measured at
+    # Q4_K_M), so it only has to be far above chance (4e-6). KL grows with the sharpness of the logits: 4.7's are
+    # near-flat (entropy ~12 nats, KL 0.06 measured); OCR ties its embeddings, so each token's own row dominates
+    # (entropy ~0.3 nats, logit std 5.7) and the same 4-bit rounding costs more (KL 0.78 measured)
+    assert tq.n_tokens > 500 and 0 < tq.kl_mean < KL_Q4_K_M[family] and tq.top1 > 0.3, (family, tq)
+    q8 = text_quality(res.text_path, quantize_text(res.text_path, text.with_name("text-q8.gguf"), "Q8_0",
+                                                   nthread=2).path, n_threads=2)
+    assert q8.kl_mean < tq.kl_mean / 5 and q8.top1 > tq.top1, (family, q8, tq)  # the report ranks the types
     vq = vision_quality(res.text_path, res.mmproj_path, mm, n_threads=2)
     assert vq.n_images == 5 and vq.cos_min > 0.99, (family, vq)
 

@@ -141,9 +141,16 @@ def test_vocabulary_equals_llama_cpp_converter(store, tmp_path, family, form, ar
     a, _ = dump(ours)
     b, _ = dump(theirs)
     differ = [k for k in TOKENIZER_KEYS if a.get(k) != b.get(k)]
-    if form == "slow":  # llama.cpp then takes config.json's bos_token_id (docs/llama-converter-parity.md)
-        assert differ == ["tokenizer.ggml.bos_token_id"]
+    if form == "slow":
+        # without tokenizer.json llama.cpp's gguf-py cannot resolve token names: BOS comes from config.json's
+        # bos_token_id, PAD and UNK are not written at all (docs/llama-converter-parity.md)
+        assert differ == ["tokenizer.ggml.padding_token_id", "tokenizer.ggml.unknown_token_id",
+                          "tokenizer.ggml.bos_token_id"]
         assert b["tokenizer.ggml.bos_token_id"][1] == json.loads((ckpt / "config.json").read_text())["bos_token_id"]
+        assert "tokenizer.ggml.padding_token_id" not in b and "tokenizer.ggml.unknown_token_id" not in b
+        vocab = a["tokenizer.ggml.tokens"][1]
+        assert vocab[a["tokenizer.ggml.padding_token_id"][1]] == "<|endoftext|>"
+        assert vocab[a["tokenizer.ggml.unknown_token_id"][1]] == "<unk>"
     else:
         assert differ == []
     types = dict(zip(a["tokenizer.ggml.tokens"][1], a["tokenizer.ggml.token_type"][1]))
