@@ -335,15 +335,20 @@ class MiniCPMV:
 
     # --- ahead of the question ------------------------------------------------
     def prefill(self, messages, *, enable_thinking: bool = False, max_slice_nums: int | None = None,
-                max_pixels: int | None = None) -> PrefillResult:
+                max_pixels: int | None = None, tools: list | None = None,
+                chat_template_kwargs: dict | None = None) -> PrefillResult:
         """Evaluate `messages` into the KV cache now, before the question exists (prefill_ahead.py): the
-        images are encoded and placed, so a later `chat(messages + question)` with the same budget
-        evaluates only the question's tokens. `messages` may end with a user message holding just the
-        image(s), or with any other message (a system prompt, the last answer)."""
+        images are encoded and placed, so a later `chat(messages + question)` with the same budget,
+        `tools` and `chat_template_kwargs` (they change the rendered prompt: a tool list sits in the
+        system turn) evaluates only the question's tokens. `messages` may end with a user message
+        holding just the image(s), or with any other message (a system prompt, the last answer)."""
         t0 = time.perf_counter()
         budget = self._budget(max_slice_nums, max_pixels)
+        kwargs = chat_args.template_kwargs(self, chat_template_kwargs)
+        enable_thinking = kwargs.pop("enable_thinking", enable_thinking)  # as chat() reads it
+        tools = chat_args.tool_plan(self, tools, None, None, False).tools  # checked as chat() checks them
         turns = self.expand_videos(self._turns(with_cut(messages)), enable_thinking)
-        prompt, bitmaps = self.build_prompt(turns, enable_thinking, budget=budget)
+        prompt, bitmaps = self.build_prompt(turns, enable_thinking, tools or None, budget=budget, **kwargs)
         text = prefix_before_cut(prompt)
         bitmaps = bitmaps[:text.count(self.vision.marker)] if self.vision is not None else []
         with self._lock:

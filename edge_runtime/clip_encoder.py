@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CACHE = Path(os.environ.get("MINICPMV_EDGE_CACHE", Path.home() / ".cache" / "minicpmv-edge"))
 SOURCE = Path(__file__).with_name("native") / "clip_encode.cpp"
+SHARED_HEADER = SOURCE.with_name("clip_shim.h")  # included by every shim: part of each build's key
 ABI_VERSION = 1
 _build_lock = threading.Lock()
 
@@ -86,7 +87,8 @@ def shim_path(source: Path = SOURCE) -> Path:
     library's path."""
     lib = _lib_dir()
     suffix = ".dylib" if sys.platform == "darwin" else ".so"
-    key = hashlib.sha256(source.read_bytes() + str(lib.resolve()).encode() + _llama_cpp_version().encode())
+    key = hashlib.sha256(source.read_bytes() + SHARED_HEADER.read_bytes() + str(lib.resolve()).encode()
+                         + _llama_cpp_version().encode())
     stem = "libedge_clip" if source == SOURCE else f"libedge_{source.stem}"
     out = CACHE / "clip-shim" / f"{stem}-{key.hexdigest()[:16]}{suffix}"
     with _build_lock:

@@ -35,6 +35,7 @@ import numpy as np
 
 from minicpmv_edge.vision_inputs import position_inputs
 from minicpmv_edge.errors import GGUFError, InputError, MediaError, MismatchError, UnsupportedModelError
+from minicpmv_edge.extras import need
 
 METADATA = "metadata.json"
 METADATA_SCHEMA = 1
@@ -217,10 +218,7 @@ class OnnxVisionEncoder:
             raise InputError(f"no {precision} model in this export (has {sorted(files)})", self.dir / METADATA)
         self.precision = precision
         self.files = files
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise InputError("onnxruntime is not installed; pip install 'minicpmv-edge[onnx]'") from None
+        ort = need("onnxruntime", "onnx", "the ONNX vision encoder")
         so = ort.SessionOptions()
         if n_threads:
             so.intra_op_num_threads = int(n_threads)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from minicpmv_edge.errors import InputError
+from minicpmv_edge.extras import need
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,8 @@ def ensure_int8(export_dir: str | Path) -> Path:
         return out
     if "fp32" not in files:
         raise InputError("int8 needs the export's fp32 graph (export-vision --precision fp32)", export_dir)
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        raise InputError("onnxruntime is not installed; pip install 'minicpmv-edge[onnx]'") from None
+    ortq = need("onnxruntime.quantization", "onnx", "the int8 ONNX vision encoder")
+    QuantType, quantize_dynamic = ortq.QuantType, ortq.quantize_dynamic
     log.warning("making an int8 copy of %s (once)", src)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

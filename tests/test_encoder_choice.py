@@ -180,3 +180,20 @@ def test_cli_flags_reach_the_encoder(v45, export45, tmp_path):
     r = subprocess.run(base[:5] + ["--vision-encoder", "onnx", "--vision-onnx", str(tmp_path / "nowhere"), "-p", "x"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nowhere" in r.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_missing_onnxruntime_names_the_extra(v45, export45, tmp_path, monkeypatch, precision):
+    """Without onnxruntime the ONNX encoder is refused with the extra to install (the CLI's exit code 2), as
+    every other optional dependency is (minicpmv_edge/extras.py)."""
+    from minicpmv_edge.errors import MissingExtraError
+
+    export = tmp_path / "export"
+    shutil.copytree(export45, export)
+    for name in [n for n in sys.modules if n == "onnxruntime" or n.startswith("onnxruntime.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an environment without the package imports
+    with pytest.raises(MissingExtraError, match=r"needs onnxruntime: pip install 'minicpmv-edge\[onnx\]'"):
+        MiniCPMV(v45.text_path, v45.mmproj_path, n_ctx=256, n_threads=2, vision_encoder="onnx",
+                 vision_onnx=str(export), onnx_precision=precision)
+    assert sorted(p.name for p in export.iterdir()) == sorted(p.name for p in export45.iterdir())  # nothing made

@@ -63,7 +63,8 @@ def test_wheel_contents_and_metadata(wheel):
     assert {n.split("/")[0] for n in names if not n.startswith("minicpmv_edge-")} == {"minicpmv_edge"}
     for data in ("minicpmv_edge/quantize/data/corpus.txt", "minicpmv_edge/data/media_limits.h",
                  "minicpmv_edge/convert/families/minicpmv_4_6.py", "minicpmv_edge/edge_runtime/server/app.py",
-                 "minicpmv_edge/edge_runtime/native/clip_encode.cpp"):
+                 "minicpmv_edge/edge_runtime/native/clip_encode.cpp",
+                 "minicpmv_edge/edge_runtime/native/clip_shim.h"):
         assert data in names, data
     assert lic == (ROOT / "LICENSE").read_text() and "Apache License" in lic and "END OF TERMS AND CONDITIONS" in lic
     assert meta["License-Expression"] == "Apache-2.0"

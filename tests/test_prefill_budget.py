@@ -217,3 +217,36 @@ def test_server_max_slice_nums_field(store, tmp_path):
         err(srv.post({"model": MODEL, "messages": msgs, "max_pixels": 5}), 400)
     finally:
         srv.stop()
+
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                            "required": ["city"]}}}]
+
+
+def test_prefill_with_tools_and_template_kwargs_leaves_only_the_question(store):
+    """The tool list (in the system turn) and chat_template_kwargs change the rendered prompt: a prefill made
+    with the same ones as the later chat leaves only the question to evaluate; one made without them is
+    not reused past the point where the prompts part."""
+    res = store.converted("minicpmv-4.5")
+    m = _load(res)
+    img = Image.fromarray(noise_image(448, 448, seed=23))
+    q = {"role": "user", "content": [img, "What is the weather like in the picture?"]}
+    kw = dict(tools=WEATHER, chat_template_kwargs={"enable_thinking": True})
+    pre = m.prefill([{"role": "user", "content": [img]}], **kw)
+    assert pre.images_encoded > 0
+    r = m.chat([q], **GREEDY, **kw)
+    assert r.timings.image_encode_ms == []
+    assert r.timings.prompt_tokens_evaluated <= len(m.model.tokenize("What is the weather like in the picture?")) + 16
+    cold = _load(res)
+    assert cold.chat([q], **GREEDY, **kw).raw == r.raw  # the same greedy answer as without prefill
+    # a prefill without the tools renders another system turn: the chat with tools re-evaluates from there
+    cold.reset()
+    cold.prefill([{"role": "user", "content": [img]}])
+    assert cold.chat([q], **GREEDY, **kw).timings.prompt_tokens_evaluated > r.timings.prompt_tokens_evaluated + 50
+    with pytest.raises(InputError, match="tools must be a non-empty list"):
+        m.prefill([{"role": "user", "content": [img]}], tools=[])
+    with pytest.raises(InputError, match="does not use 'no_such_variable'"):
+        m.prefill([{"role": "user", "content": [img]}], chat_template_kwargs={"no_such_variable": 1})
+    for x in (m, cold):
+        x.close()

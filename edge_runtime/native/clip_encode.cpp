@@ -7,41 +7,17 @@
 // (edge_runtime/clip_encoder.py builds it once per llama.cpp version into a cache folder).
 #include "clip.h"
 #include "clip-impl.h"
+#include "clip_shim.h"
 
 #include <cstring>
 #include <exception>
 #include <vector>
 
-#if defined(_WIN32)
-#define EDGE_API extern "C" __declspec(dllexport)
-#else
-#define EDGE_API extern "C" __attribute__((visibility("default")))
-#endif
-
 EDGE_API int edge_clip_abi_version(void) { return 1; }
 
 // returns the vision context, or nullptr when the file has no vision encoder or fails to load
 EDGE_API void * edge_clip_init(const char * path, int use_gpu) {
-    clip_context_params p{};
-    p.use_gpu = use_gpu != 0;
-    p.device = nullptr;
-    p.flash_attn_type = CLIP_FLASH_ATTN_TYPE_AUTO;
-    p.image_min_tokens = -1;
-    p.image_max_tokens = -1;
-    p.warmup = false;
-    p.cb_eval = nullptr;
-    p.cb_eval_user_data = nullptr;
-    p.no_alloc = false;
-    p.progress_callback = nullptr;
-    p.progress_callback_user_data = nullptr;
-    try {
-        clip_init_result r = clip_init(path, p);
-        if (r.ctx_a) clip_free(r.ctx_a);
-        if (r.ctx_gen_a) clip_free(r.ctx_gen_a);
-        return r.ctx_v;
-    } catch (const std::exception &) {
-        return nullptr;
-    }
+    return edge_load_vision(path, use_gpu, nullptr, nullptr);
 }
 
 EDGE_API void edge_clip_free(void * ctx) {

@@ -9,6 +9,7 @@
 // Built like clip_encode.cpp: against the same llama.cpp commit's headers, linked to libmtmd.
 #include "clip.h"
 #include "clip-impl.h"
+#include "clip_shim.h"
 #include "ggml-backend.h"
 #include "ggml.h"
 
@@ -16,11 +17,6 @@
 #include <exception>
 #include <vector>
 
-#if defined(_WIN32)
-#define EDGE_API extern "C" __declspec(dllexport)
-#else
-#define EDGE_API extern "C" __attribute__((visibility("default")))
-#endif
 
 namespace {
 
@@ -68,26 +64,7 @@ EDGE_API int edge_vit_abi_version(void) { return 1; }
 
 EDGE_API void * edge_vit_init(const char * path, int use_gpu) {
     auto * s = new vit_ctx();
-    clip_context_params p{};
-    p.use_gpu = use_gpu != 0;
-    p.device = nullptr;
-    p.flash_attn_type = CLIP_FLASH_ATTN_TYPE_AUTO;
-    p.image_min_tokens = -1;
-    p.image_max_tokens = -1;
-    p.warmup = false;
-    p.cb_eval = on_eval;
-    p.cb_eval_user_data = s;
-    p.no_alloc = false;
-    p.progress_callback = nullptr;
-    p.progress_callback_user_data = nullptr;
-    try {
-        clip_init_result r = clip_init(path, p);
-        if (r.ctx_a) clip_free(r.ctx_a);
-        if (r.ctx_gen_a) clip_free(r.ctx_gen_a);
-        s->ctx = r.ctx_v;
-    } catch (const std::exception &) {
-        s->ctx = nullptr;
-    }
+    s->ctx = edge_load_vision(path, use_gpu, on_eval, s);
     if (s->ctx == nullptr) {
         delete s;
         return nullptr;
