@@ -62,13 +62,13 @@ BENCH = REPO / "bench"
 # must not shadow the `convert` and `quantize` packages
 sys.path[:] = [str(REPO)] + [p for p in sys.path if p and Path(p).resolve() != BENCH] + [str(BENCH)]
 
+from minicpmv_edge.fixtures.real_layout import POOL_ELEMS, bf16_pool, write_bf16_safetensors  # noqa: E402
 from _common import (MB, RunResult, fmt_bytes, git_state, machine_description, python_exe, read_files,  # noqa: E402
                      run_measured, table)
 
 REAL_45_LAYERS = 36
 VOCAB = 151748
 SHARD_MAX = 4 * 10**9
-POOL_ELEMS = 32 * 2**20  # 64 MB of bf16
 
 LLAMA_WRAPPER = '''\
 # Runs llama.cpp's convert_hf_to_gguf.py unchanged, except that the BPE pre-tokenizer
@@ -172,34 +172,19 @@ def nbytes(tensors) -> int:
 
 # ----------------------------------------------------------------------------- writing
 
-def _pool(seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    f = (rng.standard_normal(POOL_ELEMS, dtype=np.float32) * np.float32(0.02))
-    return (f.view(np.uint32) >> 16).astype(np.uint16)  # bf16 bits (truncated)
-
-
-def write_safetensors_shard(path: Path, tensors, pool: np.ndarray, rng: np.random.Generator) -> None:
-    header: dict = {"__metadata__": {"format": "pt"}}
-    off = 0
-    for name, shape in tensors:
-        n = 2 * math.prod(shape)
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
-        off += n
-    hj = json.dumps(header, separators=(",", ":")).encode()
-    hj += b" " * (-len(hj) % 8)
-    pool_b = memoryview(pool.view(np.uint8))
-    tmp = path.with_suffix(".partial")
-    with open(tmp, "wb") as fh:
-        fh.write(len(hj).to_bytes(8, "little"))
-        fh.write(hj)
-        for _, shape in tensors:
-            left = 2 * math.prod(shape)
-            while left:
-                start = 2 * int(rng.integers(0, POOL_ELEMS // 2))
-                k = min(left, len(pool_b) - start)
-                fh.write(pool_b[start:start + k])
-                left -= k
-    os.replace(tmp, path)
+def write_sharded(d: Path, tensors) -> int:
+    """Random BF16 shards (the fixtures' writer, minicpmv_edge/fixtures/real_layout.py) of at most SHARD_MAX
+    bytes and their model.safetensors.index.json, as Hugging Face shards a checkpoint; returns the shard count."""
+    pool, rng = bf16_pool(0), np.random.default_rng(1)
+    groups = shard_groups(tensors)
+    weight_map = {}
+    for i, g in enumerate(groups, 1):
+        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        write_bf16_safetensors(d / fname, g, pool, rng)
+        weight_map.update({name: fname for name, _ in g})
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": nbytes(tensors)}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+    return len(groups)
 
 
 def shard_groups(tensors) -> list[list]:
@@ -239,19 +224,11 @@ def make_checkpoint(work: Path, family: str, layers: int, log=print) -> tuple[Pa
             shutil.copy(f, d / f.name)
     (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     t0 = time.perf_counter()
-    pool, rng = _pool(), np.random.default_rng(1)
-    groups = shard_groups(tensors)
-    weight_map = {}
-    for i, g in enumerate(groups, 1):
-        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        write_safetensors_shard(d / fname, g, pool, rng)
-        weight_map.update({name: fname for name, _ in g})
-    (d / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+    n_shards = write_sharded(d, tensors)
     os.sync()
     dt = time.perf_counter() - t0
     marker.write_text(spec + "\n")
-    log(f"  wrote {d} ({fmt_bytes(total)}, {len(tensors)} tensors, {len(groups)} shards) in {dt:.0f} s")
+    log(f"  wrote {d} ({fmt_bytes(total)}, {len(tensors)} tensors, {n_shards} shards) in {dt:.0f} s")
     return d, total
 
 

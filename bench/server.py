@@ -91,17 +91,7 @@ def real_46_checkpoint(work: Path, log=print) -> Path:
         if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", "model.safetensors.index.json"):
             shutil.copy(f, d / f.name)
     (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    import numpy as np
-
-    pool, rng = conv._pool(), np.random.default_rng(1)
-    groups = conv.shard_groups(tensors)
-    weight_map = {}
-    for i, g in enumerate(groups, 1):
-        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        conv.write_safetensors_shard(d / fname, g, pool, rng)
-        weight_map.update({name: fname for name, _ in g})
-    (d / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": conv.nbytes(tensors)}, "weight_map": dict(sorted(weight_map.items()))}))
+    conv.write_sharded(d, tensors)
     (d / ".bench-complete").write_text("ok\n")
     log(f"wrote {d} ({conv.nbytes(tensors) / 1e9:.2f} GB, {len(tensors)} tensors)")
     return d

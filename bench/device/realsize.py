@@ -89,8 +89,6 @@ def make(spec_dir: Path, work: Path, names: list[str], stage: str = "all", quant
 
 
 def _convert(cb, src: Path, work: Path, name: str, log) -> None:
-    import numpy as np
-
     from minicpmv_edge.convert import convert
 
     tensors = [(n, tuple(s)) for n, s in json.loads((src / "tensors.json").read_text())]
@@ -102,14 +100,7 @@ def _convert(cb, src: Path, work: Path, name: str, log) -> None:
         if f.name != "tensors.json":
             shutil.copy(f, ckpt / f.name)
     t0 = time.perf_counter()
-    pool, rng = cb._pool(), np.random.default_rng(1)
-    groups = cb.shard_groups(tensors)
-    weight_map = {}
-    for i, g in enumerate(groups, 1):
-        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        cb.write_safetensors_shard(ckpt / fname, g, pool, rng)
-        weight_map.update({n: fname for n, _ in g})
-    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    cb.write_sharded(ckpt, tensors)
     t1 = time.perf_counter()
     gg = work / name
     convert(ckpt, gg)
