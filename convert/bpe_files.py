@@ -11,11 +11,12 @@ either way (tests/test_convert_tokenizer.py converts both forms and compares).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from minicpmv_edge.errors import CheckpointError, UnsupportedModelError
+
+from .json_files import load_json
 
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -55,15 +56,6 @@ class BpeSource:
     normalizer: str  # Unicode normalization form applied before splitting, "" for none
     form: str  # "tokenizer.json" or "slow"
 
-
-def load_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read JSON ({exc})", path) from None
-    if not isinstance(obj, dict):
-        raise CheckpointError("expected a JSON object", path)
-    return obj
 
 
 def has_bpe_files(src: Path) -> bool:

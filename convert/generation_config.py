@@ -8,12 +8,13 @@ not written; a field of the wrong kind is an error naming the file and field.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from gguf import GGUFWriter
 
 from minicpmv_edge.errors import CheckpointError
+
+from .json_files import load_json
 
 # (GGUF key, generation_config fields in lookup order, python type -> writer method)
 SAMPLING_FIELDS = (
@@ -37,12 +38,7 @@ def read_sampling(src: Path) -> dict[str, tuple[str, object]]:
     path = src / "generation_config.json"
     if not path.is_file():
         return {}
-    try:
-        gen = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot parse ({exc})", path) from None
-    if not isinstance(gen, dict):
-        raise CheckpointError("expected a JSON object", path)
+    gen = load_json(path)
     out: dict[str, tuple[str, object]] = {}
     for key, fields, kind in SAMPLING_FIELDS:
         field = next((f for f in fields if gen.get(f) is not None), None)

@@ -23,7 +23,8 @@ from gguf.vocab import SpecialVocab
 from minicpmv_edge import schema
 from minicpmv_edge.errors import CheckpointError
 
-from .bpe_files import BpeSource, has_bpe_files, load_json, read_bpe
+from .bpe_files import BpeSource, has_bpe_files, read_bpe
+from .json_files import load_json
 
 # mtmd finds these by text (mtmd.cpp:1060-1073); a missing one is silently -1
 REQUIRED_MEDIA_TOKENS = ("<image>", "</image>", "<slice>", "</slice>")

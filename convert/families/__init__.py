@@ -5,11 +5,11 @@ Adding a version = one module here plus its fixture recipe and tests.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from minicpmv_edge.errors import CheckpointError, UnsupportedModelError
 
+from ..json_files import load_json
 from .base import ConversionPlan, Family, RuntimeFacts
 from .minicpmv_2_6 import MiniCPMV26
 from .minicpmv_4_0 import MiniCPMV40
@@ -29,13 +29,7 @@ def read_config(src: Path) -> dict:
     path = src / "config.json"
     if not path.exists():
         raise CheckpointError("no config.json (is this a Hugging Face checkpoint directory?)", src)
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot parse ({exc})", path) from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError("expected a JSON object", path)
-    return cfg
+    return load_json(path)
 
 
 def by_name(name: str) -> type[Family]:
